@@ -1,0 +1,206 @@
+"""Input checks shared by every criterion in ``rskd_loss`` and ``baselines``.
+
+Every check raises ``TypeError`` (wrong type) or ``ValueError`` (wrong shape or value) with a message
+that names what was expected and what was given, so that a user's mistake never surfaces as a
+traceback from deep inside torch.
+
+Shape and dtype checks are free. Value checks (targets in {0, 1}, finite logits) read the tensor,
+which on a GPU costs a host synchronisation per call; they are on by default and can be switched off
+for a benchmarked training loop with :func:`value_checks` (``with value_checks(False): ...``) or
+globally with the environment variable ``RSKD_VALUE_CHECKS=0``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Sequence
+
+import torch
+
+__all__ = [
+    "REDUCTIONS",
+    "check_reduction",
+    "reduce_loss",
+    "check_logits_targets",
+    "check_same_shape",
+    "as_class_counts",
+    "value_checks",
+    "value_checks_enabled",
+    "check_probability",
+    "check_positive",
+    "as_class_names",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+_VALUE_CHECKS = os.environ.get("RSKD_VALUE_CHECKS", "1") not in ("0", "false", "False", "no")
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks (binary targets, finite logits) run; see :func:`value_checks`."""
+    return _VALUE_CHECKS
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Context manager that switches the value checks on or off, then restores the previous state."""
+    global _VALUE_CHECKS
+    previous = _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS = previous
+
+
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` if it is one of ``'mean' | 'sum' | 'none'``, else raise ``ValueError``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a per-element loss: ``'mean'`` over all elements, ``'sum'``, or ``'none'`` (unchanged)."""
+    check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless two tensors have the same shape and device."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b} must have the same shape as {name_a}, expected {tuple(a.shape)}, "
+            f"got {tuple(b.shape)}"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{name_b} must be on the same device as {name_a} ({a.device}), got {b.device}")
+
+
+def check_logits_targets(
+    logits: object,
+    targets: object,
+    *,
+    logits_name: str = "logits",
+    targets_name: str = "targets",
+    binary: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the ``(logits, targets)`` pair of the loss contract and return them.
+
+    ``logits`` must be a floating (N, C) tensor and ``targets`` a tensor of the same shape and device
+    whose values are in {0, 1} (any dtype; ``binary=False`` admits soft targets in [0, 1]). The
+    returned targets are cast to the dtype of ``logits`` (a new tensor; the caller's is untouched).
+    """
+    logits = _check_tensor(logits, logits_name)
+    targets = _check_tensor(targets, targets_name)
+    if logits.dim() != 2:
+        raise ValueError(
+            f"{logits_name} must be 2-D (N, C), got {logits.dim()}-D with shape {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise TypeError(f"{logits_name} must be a floating-point tensor, got {logits.dtype}")
+    check_same_shape(logits, targets, logits_name, targets_name)
+    if _VALUE_CHECKS and targets.numel():
+        if binary:
+            bad = (targets != 0) & (targets != 1)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"{targets_name} must be multi-hot with values in {{0, 1}}, got "
+                    f"{targets[idx].item()!r} at index {idx}"
+                )
+        else:
+            if bool(((targets < 0) | (targets > 1) | torch.isnan(targets)).any()):
+                raise ValueError(f"{targets_name} must have values in [0, 1]")
+    if targets.dtype != logits.dtype:
+        targets = targets.to(logits.dtype)
+    return logits, targets
+
+
+def as_class_counts(
+    counts: object,
+    num_classes: int | None = None,
+    *,
+    name: str = "class_counts",
+    allow_zero: bool = True,
+) -> torch.Tensor:
+    """Turn a sequence or tensor of per-class counts into a 1-D float64 CPU tensor, checked.
+
+    Raises ``TypeError`` for a non-numeric input, ``ValueError`` for a wrong length, a negative or
+    non-finite count, or (``allow_zero=False``) a zero count, naming the offending class index.
+    """
+    if isinstance(counts, torch.Tensor):
+        t = counts.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(counts, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a sequence of numbers or a tensor, got {type(counts).__name__}"
+            ) from exc
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (C,), got shape {tuple(t.shape)}")
+    if num_classes is not None and t.numel() != num_classes:
+        raise ValueError(f"{name} must have {num_classes} entries (one per class), got {t.numel()}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not bool(torch.isfinite(t).all()):
+        i = int((~torch.isfinite(t)).nonzero()[0])
+        raise ValueError(f"{name} must be finite, got {t[i].item()} for class {i}")
+    if bool((t < 0).any()):
+        i = int((t < 0).nonzero()[0])
+        raise ValueError(f"{name} must be >= 0, got {t[i].item():g} for class {i}")
+    if not allow_zero and bool((t == 0).any()):
+        zeros = (t == 0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} must be > 0 for every class (the formula divides by it), got 0 for class "
+            f"{zeros[0]}" + (f" (and {len(zeros) - 1} more: {zeros[1:6]})" if len(zeros) > 1 else "")
+        )
+    return t
+
+
+def check_probability(value: float, name: str, *, low_open: bool = True, high_open: bool = True) -> float:
+    """Raise ``ValueError`` unless ``value`` lies in the interval (0, 1) (ends open or closed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    lo_ok = value > 0 if low_open else value >= 0
+    hi_ok = value < 1 if high_open else value <= 1
+    if not (lo_ok and hi_ok):
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Raise ``ValueError`` unless ``value`` is a positive (or, with ``allow_zero``, >= 0) number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (value >= 0 if allow_zero else value > 0) or value != value:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def as_class_names(names: Sequence[str], *, name: str = "class_names") -> tuple[str, ...]:
+    """Check a sequence of unique, non-empty class-name strings and return it as a tuple."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{name} must be a sequence of strings, got {type(names).__name__}")
+    out = tuple(names)
+    for i, n in enumerate(out):
+        if not isinstance(n, str) or not n:
+            raise TypeError(f"{name}[{i}] must be a non-empty string, got {n!r}")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):
+        if n in seen:
+            raise ValueError(f"{name} must be unique, got {n!r} at positions {seen[n]} and {i}")
+        seen[n] = i
+    return out

@@ -1,0 +1,101 @@
+"""The dynamic per-class KD weights of Eq. 3 (Ju et al., MICCAI 2021, Section 2.2)."""
+from __future__ import annotations
+
+import torch
+
+from .validation import check_probability
+
+__all__ = ["KDWeightSchedule", "kd_weights"]
+
+
+def _as_metric(metric: object, name: str) -> torch.Tensor:
+    if isinstance(metric, torch.Tensor):
+        t = metric.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(metric, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a sequence of numbers or a tensor (one value per class), "
+                f"got {type(metric).__name__}"
+            ) from exc
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (C,), one value per class, got shape {tuple(t.shape)}")
+    finite_or_nan = torch.isfinite(t) | torch.isnan(t)
+    if not bool(finite_or_nan.all()):
+        i = int((~finite_or_nan).nonzero()[0])
+        raise ValueError(f"{name} must be finite or NaN (undefined), got {t[i].item()} for class {i}")
+    if bool((t < 0).any()):
+        i = int((t < 0).nonzero()[0])
+        raise ValueError(f"{name} must be >= 0 (a per-class metric such as AP), got {t[i].item()} for class {i}")
+    return t
+
+
+def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.6) -> torch.Tensor:
+    r"""Per-class KD weights of Eq. 3, clamped to [0, 1].
+
+    .. math::
+
+        w_i = \begin{cases}
+            1 & \text{if } \delta\,A^T_i \ge A^S_i \\
+            \operatorname{clamp}\Big(\dfrac{A^T_i - A^S_i}{A^T_i\,(1-\delta)}, 0, 1\Big) & \text{otherwise}
+        \end{cases}
+
+    where :math:`A^T_i` is the teachers' (fixed) metric and :math:`A^S_i` the student's metric of the
+    last epoch for class :math:`i`, both measured on the same validation images. The weight falls
+    linearly from 1 (student at ``delta`` times the teacher) to 0 (student equal to the teacher).
+
+    Decisions the paper leaves open (``../shared/DESIGN.md``):
+
+    * Eq. 3 as printed becomes negative once the student beats the teacher; it is clamped to [0, 1],
+      as in LFME (Xiang et al., ECCV 2020), which the formula comes from.
+    * A class whose metric is undefined (NaN, e.g. AP with no validation positives) in either model
+      keeps weight 1.
+    * A teacher metric of 0 with a student metric above 0 gives 0 (the student beats the teacher),
+      instead of a division by zero.
+
+    Args:
+        student_metric: (C,) per-class metric of the student (e.g. per-class AP), >= 0 or NaN.
+        teacher_metric: (C,) per-class metric of the teachers, same scale as ``student_metric``.
+        delta: the decay threshold, in (0, 1). Paper: 0.6 (Section 3.1).
+
+    Returns:
+        (C,) float32 CPU tensor of weights in [0, 1].
+
+    Example:
+        >>> kd_weights([0.3, 0.54, 0.9, float("nan")], [0.9, 0.9, 0.9, 0.9], delta=0.6)
+        tensor([1.0000, 1.0000, 0.0000, 1.0000])
+    """
+    delta = check_probability(delta, "delta")
+    s = _as_metric(student_metric, "student_metric")
+    t = _as_metric(teacher_metric, "teacher_metric")
+    if s.shape != t.shape:
+        raise ValueError(
+            f"student_metric and teacher_metric must have one value per class each, got "
+            f"{s.numel()} and {t.numel()}"
+        )
+    full = delta * t >= s
+    safe_t = torch.where(t > 0, t, torch.ones_like(t))
+    decayed = torch.where(t > 0, (t - s) / (safe_t * (1.0 - delta)), torch.zeros_like(t))
+    w = torch.where(full, torch.ones_like(t), decayed.clamp(0.0, 1.0))
+    w = torch.where(torch.isnan(s) | torch.isnan(t), torch.ones_like(w), w)
+    return w.to(torch.float32)
+
+
+class KDWeightSchedule:
+    """Callable form of :func:`kd_weights` that holds ``delta`` (Eq. 3).
+
+    Example:
+        >>> schedule = KDWeightSchedule(delta=0.6)
+        >>> schedule(student_metric=[0.72, 0.95], teacher_metric=[0.9, 0.9])
+        tensor([0.5000, 0.0000])
+    """
+
+    def __init__(self, delta: float = 0.6) -> None:
+        self.delta = check_probability(delta, "delta")
+
+    def __call__(self, *, student_metric: object, teacher_metric: object) -> torch.Tensor:
+        return kd_weights(student_metric, teacher_metric, self.delta)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(delta={self.delta})"
