@@ -97,7 +97,7 @@ def check_logits_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check the ``(logits, targets)`` pair of the loss contract and return them.
 
-    ``logits`` must be a floating (N, C) tensor and ``targets`` a tensor of the same shape and device
+    ``logits`` must be a finite floating (N, C) tensor and ``targets`` a tensor of the same shape and device
     whose values are in {0, 1} (any dtype; ``binary=False`` admits soft targets in [0, 1]). The
     returned targets are cast to the dtype of ``logits`` (a new tensor; the caller's is untouched).
     """
@@ -110,6 +110,9 @@ def check_logits_targets(
     if not logits.is_floating_point():
         raise TypeError(f"{logits_name} must be a floating-point tensor, got {logits.dtype}")
     check_same_shape(logits, targets, logits_name, targets_name)
+    if _VALUE_CHECKS and logits.numel() and not bool(torch.isfinite(logits).all()):
+        idx = tuple(int(i) for i in (~torch.isfinite(logits)).nonzero()[0])
+        raise ValueError(f"{logits_name} must be finite, got {logits[idx].item()} at index {idx}")
     if _VALUE_CHECKS and targets.numel():
         if binary:
             bad = (targets != 0) & (targets != 1)

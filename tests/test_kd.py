@@ -290,6 +290,10 @@ def test_wrapper_errors() -> None:
         bad = targets.clone()
         bad[1, 2] = 2
         crit(logits, bad, teacher)
+    with pytest.raises(ValueError, match=r"logits must be finite, got nan at index \(2, 3\)"):
+        bad = logits.clone()
+        bad[2, 3] = float("nan")
+        crit(bad, targets, teacher)
     with pytest.raises(ValueError, match=r"teacher_logits must have the same shape as logits, expected \(6, 5\), got \(5, 5\)"):
         crit(logits, targets, teacher[:5])
     with pytest.raises(ValueError, match=r"num_classes=4 columns, got shape \(6, 5\)"):
