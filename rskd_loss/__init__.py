@@ -1,5 +1,12 @@
-"""rskd_loss: Relational Subsets Knowledge Distillation (Ju et al., MICCAI 2021) as plug-in PyTorch losses."""
+"""rskd_loss: Relational Subsets Knowledge Distillation (Ju et al., MICCAI 2021) as plug-in PyTorch losses.
+
+Data flows one way: data set -> :class:`SubsetPartitioner` -> teachers (:class:`SubsetTeachers`, or
+their logits cached in a :class:`TeacherLogitBank`) -> :class:`WeightedSubsetKDLoss` around any base
+criterion -> per-class AP (:mod:`rskd_loss.metrics`) -> :meth:`WeightedSubsetKDLoss.update_weights`.
+"""
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
+from .partition import Partition, SubsetPartitioner, TeacherView
+from .teachers import SubsetTeachers, TeacherLogitBank, file_sha256
 from .weights import KDWeightSchedule, kd_weights
 
 __version__ = "0.1.0.dev0"
@@ -10,4 +17,10 @@ __all__ = [
     "KDLossParts",
     "KDWeightSchedule",
     "kd_weights",
+    "SubsetPartitioner",
+    "Partition",
+    "TeacherView",
+    "SubsetTeachers",
+    "TeacherLogitBank",
+    "file_sha256",
 ]

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .validation import as_class_counts
+from .validation import as_class_counts, check_thresholds
 
 __all__ = ["average_precision_per_class", "mean_average_precision", "shot_groups", "group_map"]
 
@@ -86,11 +86,7 @@ def shot_groups(class_counts: object, thresholds: Sequence[float] = (100, 20)) -
     and the Distribution-Balanced loss (Wu et al., 2020).
     """
     counts = as_class_counts(class_counts).numpy()
-    if len(thresholds) != 2:
-        raise ValueError(f"thresholds must be (head_min, tail_max_exclusive), 2 numbers, got {tuple(thresholds)}")
-    hi, lo = float(thresholds[0]), float(thresholds[1])
-    if not hi > lo > 0:
-        raise ValueError(f"thresholds must be strictly decreasing and positive, got ({hi:g}, {lo:g})")
+    hi, lo = check_thresholds(thresholds)
     return {
         "head": np.flatnonzero(counts >= hi),
         "medium": np.flatnonzero((counts >= lo) & (counts < hi)),

@@ -12,8 +12,11 @@ globally with the environment variable ``RSKD_VALUE_CHECKS=0``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Iterator, Sequence
+
+import numpy as np
 
 import torch
 
@@ -29,6 +32,7 @@ __all__ = [
     "check_probability",
     "check_positive",
     "as_class_names",
+    "check_thresholds",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -207,3 +211,28 @@ def as_class_names(names: Sequence[str], *, name: str = "class_names") -> tuple[
             raise ValueError(f"{name} must be unique, got {n!r} at positions {seen[n]} and {i}")
         seen[n] = i
     return out
+
+
+def check_thresholds(thresholds: object) -> tuple[float, float]:
+    """Shot thresholds ``(head_min, tail_max_exclusive)``: two positive finite numbers, strictly decreasing."""
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(
+            f"thresholds must be a pair (head_min, tail_max_exclusive) of numbers, got "
+            f"{type(thresholds).__name__}"
+        )
+    if len(thresholds) != 2:
+        raise ValueError(f"thresholds must have 2 entries (head, tail), got {len(thresholds)}")
+    values = []
+    for j, v in enumerate(thresholds):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"thresholds[{j}] must be a number, got {type(v).__name__}")
+        if not math.isfinite(float(v)) or float(v) <= 0:
+            raise ValueError(f"thresholds must be positive and finite, got thresholds[{j}]={v!r}")
+        values.append(float(v))
+    hi, lo = values
+    if not hi > lo:
+        raise ValueError(
+            f"thresholds must be strictly decreasing (head threshold > tail threshold), got "
+            f"thresholds[0]={thresholds[0]!r} and thresholds[1]={thresholds[1]!r}"
+        )
+    return hi, lo

@@ -56,7 +56,7 @@ def test_shot_groups_boundaries() -> None:
     assert groups["head"].tolist() == [0, 5]
     assert groups["medium"].tolist() == [1, 2]
     assert groups["tail"].tolist() == [3, 4]
-    with pytest.raises(ValueError, match=r"strictly decreasing and positive, got \(20, 100\)"):
+    with pytest.raises(ValueError, match=r"strictly decreasing .*got thresholds\[0\]=20 and thresholds\[1\]=100"):
         shot_groups([1, 2], thresholds=(20, 100))
 
 
