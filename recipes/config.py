@@ -1,0 +1,247 @@
+"""Run configuration: defaults (the paper's Section 3.1), a profile, a method config, overrides.
+
+Configs are mmengine Python config files (``_base_`` inheritance). A run's configuration is merged
+in this order, later winning:
+
+1. :data:`DEFAULTS` below: the paper's settings (ResNet-50, 256 px, Adam 1e-4 reduced ten-fold on a
+   validation-loss plateau with patience 5 down to 1e-7, 100 epochs, delta 0.6, T 10, 4 folds);
+2. a profile (``recipes/configs/profiles/NAME.py``): data set, model and schedule of a setting, e.g.
+   ``demo`` (CPU, synthetic, minutes) or ``paper`` (GPU);
+3. the method config (``--config``): one table row;
+4. ``--set key.sub=value`` overrides from the command line (values parsed as Python literals).
+
+Every key is checked: an unknown key is refused with the list of valid ones, a value of the wrong
+type or out of range is refused naming the key, all before any training starts.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "data": {
+        "dataset": "synthetic",   # synthetic | csv | rfmid
+        "root": "data/synthetic",  # folder holding the CSV and the images
+        "csv": "labels.csv",
+        "image_dir": "images",
+        "image_suffix": "",
+        "synthetic": {"seed": 0, "num_images": None, "image_size": None, "num_classes": None},
+        "rfmid_variant": "auto",
+        "scheme": "kfold",         # kfold (the paper's 4-fold cross-validation) | holdout (7:1:2)
+        "n_folds": 4,
+        "split_seed": 0,
+        "fold": 0,
+        "image_size": 256,
+        "batch_size": 32,
+        "eval_batch_size": 128,
+        "num_workers": 4,
+        "preload": False,          # decode every image once into memory (small data sets, CPU demo)
+        "augment": True,
+    },
+    "model": {
+        "name": "resnet50",        # any torchvision classification model, or small_cnn
+        "pretrained": True,        # ImageNet weights when available offline
+        "weights_path": None,      # a local state_dict file for the backbone
+        "width": 32,               # small_cnn only
+        "head": "linear",          # linear | normed (cosine head, LDAM's s = 30 assumes it)
+    },
+    "schedule": {
+        "epochs": 100,
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "plateau_factor": 0.1,
+        "plateau_patience": 5,
+        "min_lr": 1e-7,
+    },
+    "method": {
+        "name": "erm",
+        "stage": "baseline",       # baseline | teacher | student
+        "criterion": {"name": "bce"},
+        "sampler": None,           # None | class_aware
+        "num_samples_cls": 4,
+        "oltr_stage": None,        # None | 1 | 2 (OLTR's two runs)
+        "init_from": None,         # a run folder whose best.pt initialises this run (OLTR stage 2)
+        "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
+                      "num_subsets": None},
+        "subset": None,            # teacher: the subset index
+        "teacher_images": "all",   # teacher: all | positive
+        "teachers_dir": None,      # student: the folder holding subset0..subsetK-1 teacher runs
+        "teacher_mode": "bank",    # student: bank | online
+        "kd": {"temperature": 10.0, "delta": 0.6, "order": "student_teacher", "dynamic_weights": True,
+               "kd_weight": 1.0, "scale_by_t2": False},
+    },
+    "run": {
+        "out_dir": "runs/default",
+        "seed": 0,
+        "device": "auto",          # auto | cpu | cuda
+        "amp": "auto",             # auto (bf16 on GPU) | bf16 | none
+        "channels_last": "auto",
+        "compile": False,
+        "deterministic": False,
+        "log_every": 50,
+        "max_steps_per_epoch": None,  # tests: stop an epoch after this many steps
+    },
+}
+
+STAGES = ("baseline", "teacher", "student")
+RULES = ("shot", "region", "feature")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type, or out of range (the message names it)."""
+
+
+def _merge(base: dict, update: Mapping, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        where = f"{path}{key}"
+        if key not in base:
+            valid = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key {where!r}; valid keys here: {valid}")
+        if isinstance(base[key], dict):
+            if key == "criterion" and isinstance(value, Mapping):
+                out[key] = dict(value)  # criterion kwargs are checked by build_criterion
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {where!r} must be a dict, got {type(value).__name__}")
+            out[key] = _merge(base[key], value, where + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_py_config(path: str | os.PathLike) -> dict:
+    from mmengine.config import Config  # the recipes extra; the core library does not need it
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    cfg = Config.fromfile(str(p)).to_dict()
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def resolve_profile(profile: str | None) -> Path | None:
+    if profile is None:
+        return None
+    p = Path(profile)
+    if p.suffix == ".py":
+        return p
+    named = CONFIG_DIR / "profiles" / f"{profile}.py"
+    if not named.is_file():
+        names = sorted(q.stem for q in (CONFIG_DIR / "profiles").glob("*.py"))
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)}")
+    return named
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["method.kd.temperature=3", "run.seed=1"]`` -> nested dict (values as Python literals)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override must look like key.sub=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare string such as run.device=cpu
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    config: str | os.PathLike | None = None,
+    profile: str | None = None,
+    overrides: Sequence[str] = (),
+) -> dict:
+    """Merge defaults, profile, method config and overrides; validate; return a plain nested dict."""
+    cfg = copy.deepcopy(DEFAULTS)
+    for layer in (resolve_profile(profile), config):
+        if layer is not None:
+            cfg = _merge(cfg, _read_py_config(layer))
+    cfg = _merge(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def _check(cond: bool, key: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(cfg: Mapping) -> None:
+    """Check types and ranges of every key that the recipes read; raise :class:`ConfigError`."""
+    d, m, s, meth, r = cfg["data"], cfg["model"], cfg["schedule"], cfg["method"], cfg["run"]
+    _check(d["dataset"] in ("synthetic", "csv", "rfmid"), "data.dataset", "one of synthetic, csv, rfmid",
+           d["dataset"])
+    _check(d["scheme"] in ("kfold", "holdout"), "data.scheme", "kfold or holdout", d["scheme"])
+    _check(_is_int(d["n_folds"]) and d["n_folds"] >= 2, "data.n_folds", "an int >= 2", d["n_folds"])
+    nf = d["n_folds"] if d["scheme"] == "kfold" else 1
+    _check(_is_int(d["fold"]) and 0 <= d["fold"] < nf, "data.fold", f"an int in [0, {nf - 1}]", d["fold"])
+    for key in ("image_size", "batch_size", "eval_batch_size"):
+        _check(_is_int(d[key]) and d[key] >= 1, f"data.{key}", "a positive int", d[key])
+    _check(_is_int(d["num_workers"]) and d["num_workers"] >= 0, "data.num_workers", "an int >= 0",
+           d["num_workers"])
+    _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
+    _check(m["head"] in ("linear", "normed"), "model.head", "linear or normed", m["head"])
+    _check(_is_int(s["epochs"]) and s["epochs"] >= 1, "schedule.epochs", "a positive int", s["epochs"])
+    _check(_is_num(s["lr"]) and s["lr"] > 0, "schedule.lr", "a number > 0", s["lr"])
+    _check(_is_num(s["weight_decay"]) and s["weight_decay"] >= 0, "schedule.weight_decay", "a number >= 0",
+           s["weight_decay"])
+    _check(_is_num(s["plateau_factor"]) and 0 < s["plateau_factor"] < 1, "schedule.plateau_factor",
+           "a number in (0, 1)", s["plateau_factor"])
+    _check(_is_int(s["plateau_patience"]) and s["plateau_patience"] >= 0, "schedule.plateau_patience",
+           "an int >= 0", s["plateau_patience"])
+    _check(_is_num(s["min_lr"]) and 0 <= s["min_lr"] <= s["lr"], "schedule.min_lr", "a number in [0, lr]",
+           s["min_lr"])
+    _check(meth["stage"] in STAGES, "method.stage", f"one of {', '.join(STAGES)}", meth["stage"])
+    _check(isinstance(meth["criterion"], Mapping) and isinstance(meth["criterion"].get("name"), str),
+           "method.criterion", "a dict with a 'name'", meth["criterion"])
+    _check(meth["sampler"] in (None, "class_aware"), "method.sampler", "None or 'class_aware'", meth["sampler"])
+    _check(meth["oltr_stage"] in (None, 1, 2), "method.oltr_stage", "None, 1 or 2", meth["oltr_stage"])
+    if meth["oltr_stage"] == 2:
+        _check(meth["init_from"] is not None, "method.init_from", "the OLTR stage-1 run folder", None)
+    part = meth["partition"]
+    _check(part["rule"] in RULES, "method.partition.rule", f"one of {', '.join(RULES)}", part["rule"])
+    th = part["thresholds"]
+    _check(isinstance(th, (list, tuple)) and len(th) == 2 and all(_is_num(t) and t > 0 for t in th)
+           and th[0] > th[1], "method.partition.thresholds", "(head, tail) with head > tail > 0", th)
+    if meth["stage"] == "teacher":
+        _check(_is_int(meth["subset"]) and meth["subset"] >= 0, "method.subset", "a subset index >= 0",
+               meth["subset"])
+    _check(meth["teacher_images"] in ("all", "positive"), "method.teacher_images", "all or positive",
+           meth["teacher_images"])
+    if meth["stage"] == "student":
+        _check(isinstance(meth["teachers_dir"], str), "method.teachers_dir", "the teachers' run folder",
+               meth["teachers_dir"])
+    _check(meth["teacher_mode"] in ("bank", "online"), "method.teacher_mode", "bank or online",
+           meth["teacher_mode"])
+    kd = meth["kd"]
+    _check(_is_num(kd["temperature"]) and kd["temperature"] > 0, "method.kd.temperature", "a number > 0",
+           kd["temperature"])
+    _check(_is_num(kd["delta"]) and 0 < kd["delta"] < 1, "method.kd.delta", "a number in (0, 1)", kd["delta"])
+    _check(kd["order"] in ("student_teacher", "teacher_student"), "method.kd.order",
+           "student_teacher or teacher_student", kd["order"])
+    _check(_is_num(kd["kd_weight"]) and kd["kd_weight"] >= 0, "method.kd.kd_weight", "a number >= 0",
+           kd["kd_weight"])
+    _check(r["device"] in ("auto", "cpu", "cuda"), "run.device", "auto, cpu or cuda", r["device"])
+    _check(r["amp"] in ("auto", "bf16", "none"), "run.amp", "auto, bf16 or none", r["amp"])
+    _check(_is_int(r["seed"]), "run.seed", "an int", r["seed"])
+    msps = r["max_steps_per_epoch"]
+    _check(msps is None or (_is_int(msps) and msps >= 1), "run.max_steps_per_epoch", "None or an int >= 1", msps)

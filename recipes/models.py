@@ -1,0 +1,120 @@
+"""Models for the recipes: a backbone that gives a feature map or vector, plus a classification head.
+
+* ``small_cnn``: four conv blocks, for CPU runs (the demo).
+* any torchvision classification model by name (``resnet50`` is the paper's backbone), ImageNet
+  weights when they are available offline, or from ``model.weights_path``.
+* heads: ``linear``, ``normed`` (cosine head; LDAM's s = 30 assumes it, ``kaidic/LDAM-DRW``), and the
+  OLTR head (stage 1 or 2) on the backbone's last feature map.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+import torchvision
+from torch import nn
+
+from baselines.ldam import NormedLinear
+from baselines.oltr import OLTRHead, OLTROutput
+
+
+class ModelError(ValueError):
+    """A model cannot be built as configured (the message says what to change)."""
+
+
+def small_cnn_backbone(width: int = 32) -> nn.Module:
+    """Four 3x3 conv + BN + ReLU blocks, each halving the resolution: a (B, 4*width, H/16, W/16) map."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for c_out in (width, 2 * width, 4 * width, 4 * width):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
+class Classifier(nn.Module):
+    """``backbone`` (image -> (B, F, h, w) map or (B, F) vector) then ``head``.
+
+    With an OLTR head, :meth:`forward` returns :class:`baselines.oltr.OLTROutput` (logits and direct
+    features) and takes the centroids of stage 2; otherwise it returns logits (B, C).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spatial: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spatial = spatial
+
+    def forward(self, x: torch.Tensor, centroids: torch.Tensor | None = None) -> torch.Tensor | OLTROutput:
+        f = self.backbone(x)
+        if isinstance(self.head, OLTRHead):
+            return self.head(f, centroids=centroids)
+        if self.spatial:
+            f = torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)
+        return self.head(f)
+
+
+def _torchvision_backbone(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Module, int, bool]:
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ModelError(f"unknown model.name {name!r}; valid: small_cnn or a torchvision model such as "
+                         f"resnet50, resnet18, densenet121, efficientnet_b0 ({len(available)} in all)")
+    model = torchvision.models.get_model(name, weights=None)
+    if weights_path is not None:
+        if not os.path.isfile(weights_path):
+            raise ModelError(f"model.weights_path {weights_path!r} does not exist")
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, Mapping) else state
+        model.load_state_dict(state)
+    elif pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            model.load_state_dict(weights.get_state_dict(progress=False))
+        except Exception as exc:  # no network, no cache: say what to do instead
+            raise ModelError(
+                f"ImageNet weights for {name} ({weights}) are not available offline ({type(exc).__name__}: "
+                f"{str(exc)[:120]}). Either put the file in the torch hub cache "
+                f"({torch.hub.get_dir()}/checkpoints), pass --set model.weights_path='PATH' (a torchvision "
+                f"state_dict), or train from scratch with --set model.pretrained=False"
+            ) from None
+    # resnet-like: keep the feature map (OLTR needs it); others: replace the last linear by Identity
+    if hasattr(model, "fc") and hasattr(model, "avgpool") and isinstance(model.fc, nn.Linear):
+        in_features = model.fc.in_features
+        backbone = nn.Sequential(*[m for n, m in model.named_children() if n not in ("avgpool", "fc")])
+        return backbone, in_features, True
+    last_name, last = None, None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last_name, last = n, m
+    if last is None:
+        raise ModelError(f"model {name!r} has no final nn.Linear to replace")
+    parent = model.get_submodule(last_name.rsplit(".", 1)[0]) if "." in last_name else model
+    setattr(parent, last_name.rsplit(".", 1)[-1], nn.Identity())
+    return model, last.in_features, False
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: int | None = None,
+                image_size: int = 256) -> Classifier:
+    """Build the configured model with ``num_classes`` outputs (see the module docstring)."""
+    name = model_cfg["name"]
+    if name == "small_cnn":
+        backbone, feat, spatial = small_cnn_backbone(int(model_cfg.get("width", 32))), 4 * int(model_cfg.get("width", 32)), True
+        stride = 16
+    else:
+        backbone, feat, spatial = _torchvision_backbone(name, bool(model_cfg.get("pretrained")),
+                                                        model_cfg.get("weights_path"))
+        stride = 32
+    if oltr_stage is not None:
+        if not spatial:
+            raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn or a ResNet), got {name!r}")
+        size = max(1, image_size // stride)
+        head: nn.Module = OLTRHead.stage1(feat, num_classes)
+        if oltr_stage == 2:
+            head = head.to_stage2(feature_size=size)
+    elif model_cfg.get("head", "linear") == "normed":
+        head = NormedLinear(feat, num_classes)
+    else:
+        head = nn.Linear(feat, num_classes)
+    return Classifier(backbone, head, spatial)

@@ -1,0 +1,471 @@
+"""ONE entry point for every run of the paper's tables: stage = baseline | teacher | student.
+
+    python recipes/train.py --config recipes/configs/table3/erm.py --profile demo
+    torchrun --nproc_per_node=8 recipes/train.py --config recipes/configs/table3/ours_shot.py \
+        --profile paper --set data.fold=2 method.teachers_dir="'runs/teachers/shot/fold2'"
+
+* baseline: any criterion of ``baselines`` (``method.criterion``), optional class-aware sampler;
+  OLTR is two runs (``method.oltr_stage`` 1, then 2 with ``method.init_from``).
+* teacher: subset ``method.subset`` of the partition (``method.partition``), trained on that
+  subset's view of the training data (``Partition.teacher_view``).
+* student: ``WeightedSubsetKDLoss`` around the configured criterion; teacher logits from a bank built
+  once from the teacher checkpoints (default) or from the teachers online; the KD weights updated
+  after every epoch from the student's per-class validation AP against the teachers' (Eq. 3).
+
+Outputs in the run folder: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt``
+(every epoch), ``best.pt`` (best validation mAP), and at the end ``result.json`` (test metrics of
+the best checkpoint). Everything is written atomically; checkpoints load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from baselines import build_criterion
+from baselines.resample import ClassAwareSampler, DistributedClassAwareSampler
+from recipes import engine
+from recipes.config import ConfigError, load_config
+from recipes.models import build_model
+from rskd_loss import (Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, WeightedSubsetKDLoss,
+                       file_sha256)
+from rskd_loss.metrics import average_precision_per_class, group_map
+
+CHECKPOINT_VERSION = 1
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="rskd_loss recipes: baseline, teacher and student runs",
+                                add_help=True)
+    p.add_argument("--config", required=True, help="method config (one table row), an mmengine .py file")
+    p.add_argument("--profile", default=None, help="demo | cpu_long | paper | rfmid, or a .py file")
+    p.add_argument("--out-dir", default=None, help="run folder (default: run.out_dir of the config)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. data.fold=1 method.kd.temperature=3")
+    p.add_argument("--resume", action="store_true", help="continue from last.pt in the run folder")
+    return p
+
+
+# ----------------------------------------------------------------------------------- data
+
+def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
+    """Locate (or generate) the data set, load the fold's splits; returns paths, names, fold rows."""
+    from recipes.data import read_label_csv, splits_for_csv
+
+    d = cfg["data"]
+    root = Path(d["root"])
+    csv = root / d["csv"]
+    image_dir = root / d["image_dir"] if d["image_dir"] else root
+    if engine.is_main(rank):
+        if d["dataset"] == "synthetic" and not csv.is_file():
+            from recipes.data import generate_synthetic
+
+            kw = {k: v for k, v in d["synthetic"].items() if v is not None}
+            generate_synthetic(root, **kw)
+        if d["dataset"] == "rfmid" and not csv.is_file():
+            from recipes.data import write_rfmid_merged_csv
+
+            write_rfmid_merged_csv(root, csv, variant=d["rfmid_variant"])
+        splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
+    engine.barrier(world)
+    splits = splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
+    fold = splits[d["fold"] if d["scheme"] == "kfold" else 0]
+    table = read_label_csv(csv)
+    targets = np.asarray(table.targets)
+    return {"csv": csv, "image_dir": image_dir, "class_names": tuple(table.class_names), "fold": fold,
+            "train_counts": targets[fold.train].sum(0).astype(np.int64), "train_targets": targets[fold.train],
+            "num_rows": targets.shape[0]}
+
+
+def make_dataset(cfg: Mapping, data: Mapping, part: str, train_aug: bool):
+    from recipes.data import MultiLabelCSVDataset, eval_transform, train_transform
+
+    d = cfg["data"]
+    size = d["image_size"]
+    if d["preload"]:
+        transform = None
+    else:
+        transform = train_transform(size) if (train_aug and d["augment"]) else eval_transform(size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes without positives in a split: reported by the metrics
+        ds = MultiLabelCSVDataset(data["csv"], data["image_dir"], image_suffix=d["image_suffix"],
+                                  transform=transform, indices=data["fold"].part(part))
+    return engine.Preloaded(ds, size) if d["preload"] else ds
+
+
+def make_loader(cfg: Mapping, ds, *, train: bool, world: int, rank: int, sampler_kind: str | None = None,
+                targets: np.ndarray | None = None, seed: int = 0) -> DataLoader:
+    d = cfg["data"]
+    sampler = None
+    if train and sampler_kind == "class_aware":
+        ns = cfg["method"]["num_samples_cls"]
+        sampler = (DistributedClassAwareSampler(targets, num_replicas=world, rank=rank, num_samples_cls=ns, seed=seed)
+                   if world > 1 else ClassAwareSampler(targets, num_samples_cls=ns, seed=seed))
+    elif world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=seed)
+    workers = d["num_workers"]
+    return DataLoader(ds, batch_size=d["batch_size"] if train else d["eval_batch_size"],
+                      shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=train and len(ds) > d["batch_size"],
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- partition
+
+def make_partition(cfg: Mapping, class_counts: Sequence[int], class_names: Sequence[str]) -> Partition:
+    """The partition of ``method.partition`` on this fold's training counts (used by the sweep too)."""
+    p = cfg["method"]["partition"]
+    kw: dict[str, Any] = {}
+    if p["rule"] == "shot":
+        kw = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
+    elif p["rule"] == "region" or (p["rule"] == "feature" and p["num_subsets"] is None):
+        kw = {"prior": p["prior"]}
+    else:
+        raise ConfigError("method.partition: the feature rule by embedding clustering needs class "
+                          "embeddings; the recipes use the prior's phenotype groups (set method.partition.prior)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        part = SubsetPartitioner(p["rule"], **kw).partition(class_counts=class_counts, class_names=class_names)
+    for w in caught:
+        print(f"partition: {w.message}", file=sys.stderr)
+    return part
+
+
+# ---------------------------------------------------------------------------------- runs
+
+def evaluate(model, loader, device, augment, amp, world, columns=None, centroids=None) -> dict[str, Any]:
+    pred = engine.predict(model, loader, device, augment, amp, world, centroids=centroids)
+    y = pred["targets"]
+    ap = average_precision_per_class(pred["logits"], y)
+    return {"ap": ap, "loss": engine.bce_value(pred["logits"], y), "logits": pred["logits"], "targets": y}
+
+
+def summarize(ap: np.ndarray, counts: np.ndarray, thresholds) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return group_map(ap, counts, thresholds)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def load_teachers(cfg, data, device) -> tuple[SubsetTeachers, Partition, list[str]]:
+    tdir = Path(cfg["method"]["teachers_dir"])
+    pfile = tdir / "partition.json"
+    if not pfile.is_file():
+        raise FileNotFoundError(f"{pfile} not found: train the teachers of this partition first "
+                                f"(stage teacher, method.subset=0..k-1, out dirs {tdir}/subset<k>)")
+    part = Partition.from_json(pfile)
+    expected = make_partition(cfg, data["train_counts"], data["class_names"])
+    if part.fingerprint() != expected.fingerprint():
+        raise ValueError(f"{pfile} was built for another partition or fold than this run's "
+                         f"({part.subsets} vs {expected.subsets}); check method.partition and data.fold")
+    models, hashes = [], []
+    for k, subset in enumerate(part.subsets):
+        ckpt = tdir / f"subset{k}" / "best.pt"
+        state = engine.load_checkpoint(ckpt)
+        if state.get("class_names") != [data["class_names"][c] for c in subset]:
+            raise ValueError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
+                             f"{[data['class_names'][c] for c in subset]}")
+        m = build_model(state["config"]["model"], len(subset), image_size=cfg["data"]["image_size"])
+        m.load_state_dict(state["model"])
+        models.append(m)
+        hashes.append(file_sha256(ckpt))
+    return SubsetTeachers(models, part).to(device), part, hashes
+
+
+def counts_for_criterion(counts: np.ndarray, names: Sequence[str], criterion: str) -> np.ndarray:
+    """Training counts for a count-based criterion; a class with no training positive counts as 1.
+
+    RW, LDAM and DB divide by the count. A class without any positive in a fold's training part (RFMiD
+    has several) would make them undefined; it is given a count of 1 (the rarest possible), with a
+    warning that names it, instead of stopping the run.
+    """
+    zero = [names[i] for i in np.flatnonzero(counts == 0)]
+    if zero and criterion.lower() not in ("bce", "erm", "focal", "oltr"):
+        print(f"warning: {len(zero)} class(es) have no training positive, counted as 1 for the {criterion} "
+              f"criterion: {zero[:10]}", file=sys.stderr)
+    return np.maximum(counts, 1)
+
+
+def oltr_feature_size(cfg: Mapping) -> int:
+    stride = 16 if cfg["model"]["name"] == "small_cnn" else 32
+    return max(1, cfg["data"]["image_size"] // stride)
+
+
+def build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, rank, world):
+    """The teacher-logit bank of this fold's training images (built once, on rank 0, then reused).
+
+    Teacher logits are computed on the un-augmented training images (the usual price of cached KD:
+    the student sees an augmented view, the bank the plain one; ``method.teacher_mode='online'``
+    runs the teachers on the student's augmented batch instead).
+    """
+    tdir = Path(cfg["method"]["teachers_dir"])
+    path = tdir / f"bank_train_{cfg['data']['image_size']}px.rskd"
+    fold_rows = data["fold"].train
+    dataset_id = f"{file_sha256(data['csv'])}:fold{cfg['data']['fold']}:{len(fold_rows)}"
+    check = dict(num_samples=len(fold_rows), class_names=data["class_names"], partition=partition,
+                 dataset=dataset_id, teacher_hashes=hashes)
+    if engine.is_main(rank):
+        try:
+            TeacherLogitBank(path, **check)
+        except (FileNotFoundError, ValueError) as why:
+            print(f"building teacher-logit bank {path} ({why.__class__.__name__}: {str(why)[:100]})", flush=True)
+            plain = engine.View(make_dataset(cfg, data, "train", False))
+            loader = _BankLoader(DataLoader(plain, batch_size=cfg["data"]["eval_batch_size"], shuffle=False,
+                                            num_workers=cfg["data"]["num_workers"]), fold_rows, augment, device)
+            TeacherLogitBank.from_teachers(path, teachers, loader, len(fold_rows), class_names=data["class_names"],
+                                           partition=partition, device=device, teacher_hashes=hashes,
+                                           dataset=dataset_id, autocast_dtype=torch.bfloat16 if amp else None)
+    engine.barrier(world)
+    bank = TeacherLogitBank(path, **check).to(device)
+    lookup = np.full(data["num_rows"], -1, dtype=np.int64)
+    lookup[fold_rows] = np.arange(len(fold_rows))
+    return bank, lookup
+
+
+class _BankLoader:
+    """Yields (normalised images, targets, bank row) for TeacherLogitBank.from_teachers."""
+
+    def __init__(self, loader, fold_rows, augment, device) -> None:
+        self.loader, self.augment, self.device = loader, augment, device
+        self.row_of = {int(g): i for i, g in enumerate(fold_rows)}
+
+    def __iter__(self):
+        for x, y, idx in self.loader:
+            x = self.augment(x.to(self.device), train=False)
+            yield x, y, torch.tensor([self.row_of[int(i)] for i in idx])
+
+
+def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
+    rank, world, device = engine.setup_distributed(cfg["run"]["device"])
+    main = engine.is_main(rank)
+    r, meth, sched = cfg["run"], cfg["method"], cfg["schedule"]
+    seed_everything(r["seed"] + rank, r["deterministic"])
+    amp = device.type == "cuda" and r["amp"] in ("auto", "bf16")
+    channels_last = device.type == "cuda" and r["channels_last"] in ("auto", True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        engine.atomic_write_json(out_dir / "config.json", cfg)
+    started = time.time()
+
+    data = prepare_data(cfg, rank, world)
+    names, counts = data["class_names"], data["train_counts"]
+    thresholds = tuple(meth["partition"]["thresholds"])
+    stage = meth["stage"]
+    columns = list(range(len(names)))
+    train_positions = None
+    partition = None
+    if stage == "teacher":
+        partition = make_partition(cfg, counts, names)
+        if meth["subset"] >= partition.num_subsets:
+            raise ConfigError(f"method.subset={meth['subset']} but the partition has {partition.num_subsets} "
+                              f"subsets {partition.names}")
+        view = partition.teacher_view(meth["subset"], data["train_targets"], images=meth["teacher_images"])
+        columns, train_positions = list(view.columns), view.sample_indices
+        if main:
+            partition.to_json(out_dir.parent / "partition.json")
+    cls_names = [names[c] for c in columns]
+    cls_counts = counts[columns]
+    train_targets = data["train_targets"][:, columns]
+    if train_positions is not None:
+        train_targets = train_targets[train_positions]
+
+    train_ds = engine.View(make_dataset(cfg, data, "train", True), train_positions,
+                           None if stage != "teacher" else columns)
+    val_ds = engine.View(make_dataset(cfg, data, "val", False), None, None if stage != "teacher" else columns)
+    test_ds = engine.View(make_dataset(cfg, data, "test", False), None, None if stage != "teacher" else columns)
+    train_loader = make_loader(cfg, train_ds, train=True, world=world, rank=rank, sampler_kind=meth["sampler"],
+                               targets=train_targets, seed=r["seed"])
+    val_loader = make_loader(cfg, val_ds, train=False, world=world, rank=rank)
+    test_loader = make_loader(cfg, test_ds, train=False, world=world, rank=rank)
+
+    # ---- model and criterion
+    oltr = meth["oltr_stage"]
+    model = build_model(cfg["model"], len(columns), oltr_stage=1 if oltr else None,
+                        image_size=cfg["data"]["image_size"])
+    ccfg = dict(meth["criterion"])
+    if oltr:
+        ccfg.setdefault("feat_dim", model.head.feat_dim)
+        ccfg.setdefault("stage", oltr)
+    base = build_criterion(ccfg, class_counts=counts_for_criterion(cls_counts, cls_names, ccfg["name"]),
+                           num_images=len(train_targets))
+    if meth["init_from"] and not resume:
+        model.load_state_dict(engine.load_checkpoint(Path(meth["init_from"]) / "best.pt")["model"])
+    model.to(device)
+    augment = engine.BatchAugment().to(device)
+    if oltr == 2:
+        if meth["init_from"] and not resume:  # centroids = class means of stage-1 direct features
+            plain = make_loader(cfg, engine.View(make_dataset(cfg, data, "train", False), train_positions,
+                                                 None if stage != "teacher" else columns),
+                                train=False, world=world, rank=rank)
+            feats = engine.predict(model, plain, device, augment, amp, world, features=True)
+            base.init_centroids(torch.from_numpy(feats["features"]), torch.from_numpy(feats["targets"]))
+        model.head = model.head.to_stage2(feature_size=oltr_feature_size(cfg))
+        model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    teachers = bank = lookup = None
+    teacher_ap = None
+    criterion: nn.Module = base
+    if stage == "student":
+        teachers, partition, hashes = load_teachers(cfg, data, device)
+        kd = meth["kd"]
+        criterion = WeightedSubsetKDLoss(base, len(names), temperature=kd["temperature"], delta=kd["delta"],
+                                         order=kd["order"], kd_weight=kd["kd_weight"], scale_by_t2=kd["scale_by_t2"])
+        teacher_val = engine.predict(teachers, val_loader, device, augment, amp, world)
+        teacher_ap = average_precision_per_class(teacher_val["logits"], teacher_val["targets"])
+        if meth["teacher_mode"] == "bank":
+            bank, lookup = build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, rank, world)
+    criterion.to(device)
+
+    params = list(model.parameters()) + [p for p in criterion.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=sched["lr"], weight_decay=sched["weight_decay"],
+                           **({"fused": True} if device.type == "cuda" else {}))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
+                                                         patience=sched["plateau_patience"], min_lr=sched["min_lr"])
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if r["compile"]:
+        ddp_model = torch.compile(ddp_model)
+
+    start_epoch, best_map = 0, -1.0
+    if resume and (out_dir / "last.pt").is_file():
+        state = engine.load_checkpoint(out_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        plateau.load_state_dict(state["scheduler"])
+        criterion.load_state_dict(state["criterion"])
+        start_epoch, best_map = state["epoch"] + 1, state["best_map"]
+        torch.set_rng_state(state["rng_cpu"])
+        if main:
+            print(f"resumed from {out_dir / 'last.pt'} at epoch {start_epoch}", flush=True)
+
+    centroids = (lambda: base.centroids) if oltr == 2 else (lambda: None)
+    for epoch in range(start_epoch, sched["epochs"]):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        if hasattr(base, "set_epoch"):
+            base.set_epoch(epoch)
+        t0 = time.time()
+        ddp_model.train()
+        if teachers is not None:
+            teachers.train()  # stays in eval: SubsetTeachers is frozen
+        total, steps = 0.0, 0
+        for x, y, idx in train_loader:
+            x = augment(x.to(device, non_blocking=True), train=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                c = centroids()
+                out = ddp_model(x, centroids=c) if c is not None else ddp_model(x)
+            logits = engine.logits_of(out).float()
+            kwargs = {"features": out.features.float()} if oltr else {}
+            if stage == "student":
+                t_logits = bank[torch.from_numpy(lookup[idx.numpy()])] if bank is not None else teachers(x).float()
+                loss = criterion(logits, y, t_logits, **kwargs)
+            else:
+                loss = criterion(logits, y, **kwargs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {steps}; last good checkpoint: "
+                                         f"{out_dir / 'last.pt' if (out_dir / 'last.pt').is_file() else 'none'}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+            if r["max_steps_per_epoch"] and steps >= r["max_steps_per_epoch"]:
+                break
+        val = evaluate(model, val_loader, device, augment, amp, world, centroids=centroids())
+        val_map = summarize(val["ap"], cls_counts, thresholds)
+        plateau.step(val["loss"])
+        weights = None
+        if stage == "student" and meth["kd"]["dynamic_weights"]:
+            weights = criterion.update_weights(student_metric=val["ap"], teacher_metric=teacher_ap).tolist()
+        improved = val_map["total"] > best_map
+        best_map = max(best_map, val_map["total"])
+        if main:
+            state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
+                     "best_map": best_map, "config": json.loads(json.dumps(cfg, default=list)),
+                     "class_names": cls_names, "rng_cpu": torch.get_rng_state()}
+            engine.atomic_torch_save(state, out_dir / "last.pt")
+            if improved:
+                engine.atomic_torch_save(state, out_dir / "best.pt")
+            line = {"epoch": epoch, "train_loss": total / max(steps, 1), "val_loss": val["loss"],
+                    "val_map": val_map, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+            if weights is not None:
+                line["kd_weights"] = weights
+            engine.append_jsonl(out_dir / "metrics.jsonl", line)
+            print(f"[{meth['name']}] epoch {epoch + 1}/{sched['epochs']} loss {line['train_loss']:.4f} "
+                  f"val loss {val['loss']:.4f} val mAP {100 * val_map['total']:.2f} ({line['seconds']:.1f}s)",
+                  flush=True)
+        engine.barrier(world)
+
+    # ---- test with the best checkpoint
+    best = engine.load_checkpoint(out_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    criterion.load_state_dict(best["criterion"])  # OLTR's centroids belong to the best model
+    test = evaluate(model, test_loader, device, augment, amp, world, centroids=centroids())
+    val = evaluate(model, val_loader, device, augment, amp, world, centroids=centroids())
+    result = {"name": meth["name"], "stage": stage, "fold": cfg["data"]["fold"], "seed": r["seed"],
+              "class_names": cls_names, "classes": columns, "train_class_counts": cls_counts.tolist(),
+              "thresholds": list(thresholds),
+              "test": {"ap": engine.nan_to_none(test["ap"]), "map": summarize(test["ap"], cls_counts, thresholds)},
+              "val": {"ap": engine.nan_to_none(val["ap"]), "map": summarize(val["ap"], cls_counts, thresholds)},
+              "epochs": sched["epochs"], "best_epoch": best["epoch"], "seconds": time.time() - started,
+              "world_size": world, "device": str(device)}
+    if teacher_ap is not None:
+        result["teacher_val_ap"] = engine.nan_to_none(teacher_ap)
+    result["test"]["map"] = {k: (None if v != v else v) for k, v in result["test"]["map"].items()}
+    result["val"]["map"] = {k: (None if v != v else v) for k, v in result["val"]["map"].items()}
+    if main:
+        engine.atomic_write_json(out_dir / "result.json", result)
+        m = result["test"]["map"]
+        fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.2f}"  # noqa: E731
+        print(f"[{meth['name']}] test mAP head {fmt(m['head'])} medium {fmt(m['medium'])} tail {fmt(m['tail'])} "
+              f"total {fmt(m['total'])} ({result['seconds']:.0f}s)", flush=True)
+    engine.barrier(world)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    overrides = list(args.set)
+    if args.out_dir is not None:
+        overrides.append(f"run.out_dir={args.out_dir!r}")
+    cfg = load_config(args.config, args.profile, overrides)
+    return run(cfg, Path(cfg["run"]["out_dir"]), args.resume)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
