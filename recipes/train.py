@@ -353,7 +353,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     if r["compile"]:
         ddp_model = torch.compile(ddp_model)
 
-    start_epoch, best_map = 0, -1.0
+    start_epoch, best_map = 0, -np.inf
     if resume and (out_dir / "last.pt").is_file():
         state = engine.load_checkpoint(out_dir / "last.pt")
         model.load_state_dict(state["model"])
@@ -407,8 +407,9 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         weights = None
         if stage == "student" and meth["kd"]["dynamic_weights"]:
             weights = criterion.update_weights(student_metric=val["ap"], teacher_metric=teacher_ap).tolist()
-        improved = val_map["total"] > best_map
-        best_map = max(best_map, val_map["total"])
+        score = val_map["total"] if np.isfinite(val_map["total"]) else -np.inf  # NaN: no val positive at all
+        improved = score > best_map or not (out_dir / "best.pt").is_file()
+        best_map = max(best_map, score)
         if main:
             state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
