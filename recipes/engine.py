@@ -119,32 +119,56 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
 # ------------------------------------------------------------------------------------ data
 
 class Preloaded(Dataset):
-    """Every image of ``base`` decoded once, resized to ``size`` x ``size`` and kept as uint8 in memory.
+    """The rows of ``base`` with their images decoded once, resized to ``size`` x ``size``, kept as uint8.
 
-    For small data sets (the synthetic benchmark, the CPU demo): an epoch then costs no decoding.
-    Items are ``(uint8 (3, size, size), target, index)``; augmentation runs per batch on the device
+    For small data sets (the synthetic benchmark, the CPU demo): an epoch then costs no decoding. The
+    decoded images of the whole CSV are cached in ``cache_file`` (a ``.npy`` written atomically), so
+    every later run on the same CSV and size, in any process, skips decoding too. Items are
+    ``(uint8 (3, size, size), target, index)``; augmentation runs per batch on the device
     (:class:`BatchAugment`).
     """
 
-    def __init__(self, base: Any, size: int) -> None:
-        from torchvision.transforms import v2
-
-        resize = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-        old = base.transform
-        base.transform = resize
-        try:
-            items = [base[i] for i in range(len(base))]
-        finally:
-            base.transform = old
-        self.images = torch.stack([torch.as_tensor(it[0]) for it in items]).contiguous()
-        self.targets = torch.stack([it[1] for it in items])
-        self.indices = torch.tensor([int(it[2]) for it in items])
+    def __init__(self, base: Any, size: int, cache_file: str | os.PathLike) -> None:
+        images = _decoded_images(base, size, cache_file)
+        rows = np.asarray(base.indices, dtype=np.int64)
+        self.images = torch.from_numpy(np.ascontiguousarray(images[rows]))
+        self.targets = torch.from_numpy(np.asarray(base.targets, dtype=np.float32))
+        self.indices = torch.from_numpy(rows.copy())
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int):
         return self.images[i], self.targets[i], int(self.indices[i])
+
+
+def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike) -> np.ndarray:
+    """(num CSV rows, 3, size, size) uint8 images of every row of ``base``'s CSV, from or into the cache."""
+    if os.path.isfile(cache_file):
+        return np.load(cache_file, mmap_mode="r")
+    from torchvision.transforms import v2
+
+    from recipes.data import MultiLabelCSVDataset
+
+    resize = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    everything = MultiLabelCSVDataset(base.csv_path, base.image_dir, image_suffix=base.image_suffix,
+                                      transform=resize, empty_classes="ignore")
+    out = np.empty((len(everything), 3, size, size), dtype=np.uint8)
+    for i in range(len(everything)):
+        img, _, row = everything[i]
+        out[row] = np.asarray(img)
+    folder = os.path.dirname(os.path.abspath(cache_file))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, cache_file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
 class View(Dataset):

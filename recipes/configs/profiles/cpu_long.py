@@ -1,0 +1,18 @@
+# Profile "cpu_long": CPU, the synthetic benchmark at its default size (4000 images of 64 px,
+# 16 classes: recipes/data/synthetic.py DEFAULT_*), a wider small CNN, more epochs.
+# Goal (issue 5): one sweep of Table 3 (one split, one seed) in under an hour on 2 CPU cores;
+# the README's outcome uses it with --seeds 0 1 2 (mean +- std over seeds).
+_base_ = ["./demo.py"]
+
+# --- the time knobs (measured: TBD) ----------------------------------------------------------------
+_epochs = 15
+_width = 32                       # small_cnn default (recipes/config.py DEFAULTS)
+# ------------------------------------------------------------------------------------------------
+
+data = dict(
+    root="data/synthetic",        # DEFAULTS' folder: the default-size generation
+    synthetic=dict(seed=0, num_images=None, image_size=None, num_classes=None),  # None: generator defaults
+    scheme="holdout",             # one split, several seeds (run.seed) for the spread
+)
+model = dict(width=_width)
+schedule = dict(epochs=_epochs, plateau_patience=2)
