@@ -1,0 +1,42 @@
+"""Data layer of the recipes: one path (a folder of images + a labels CSV) for every data set.
+
+Submodules: ``csv_dataset`` (the generic :class:`MultiLabelCSVDataset`), ``rfmid`` (RFMiD through
+it), ``synthetic`` (the synthetic long-tailed fundus benchmark), ``cache`` (resize-once cache and
+atomic writes), ``splits`` (stratified ``splits.json``), ``transforms``, ``describe``.
+
+The names below are re-exported lazily (PEP 562), so ``python -m recipes.data.synthetic`` or
+``recipes.data.cache`` never import torch, torchvision or matplotlib unless they are used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "csv_dataset": ("BadImageError", "CSVDataError", "EmptyClassWarning", "LabelTable",
+                    "MultiLabelCSVDataset", "load_rgb_image", "read_label_csv"),
+    "rfmid": ("RFMID_CHALLENGE_CLASSES", "RFMID_CLASSES", "load_rfmid", "load_rfmid_merged",
+              "write_rfmid_merged_csv"),
+    "synthetic": ("CATALOGUE", "generate_synthetic", "synthetic_labels", "synthetic_prior",
+                  "target_class_counts"),
+    "cache": ("atomic_write_bytes", "atomic_write_text", "build_cache", "crop_to_field", "find_field_box"),
+    "splits": ("Fold", "Splits", "load_splits", "make_splits", "save_splits", "splits_for_csv"),
+    "transforms": ("train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD"),
+}
+# (``describe`` is not re-exported: the name is the submodule's; use recipes.data.describe.describe)
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,268 @@
+"""Describe a multi-label data set the way the paper does, from its labels CSV alone.
+
+``python -m recipes.data.describe --csv DIR/labels.csv [--partition partition.json] --out OUT``
+prints and writes (PNG via matplotlib's Agg backend, every file written atomically):
+
+* ``class_counts.png``: per-class positives, sorted, log scale, coloured by head / medium / tail
+  (the paper's Fig. 1);
+* the labels-per-image table (Table 2: images with 1, 2, 3 and more than 3 labels; images with no
+  label are counted separately as ``0``);
+* head / medium / tail membership: head = more than ``thresholds[0]`` (100) positives, tail = fewer
+  than ``thresholds[1]`` (20), medium between (the many / medium / few-shot split of Liu et al.,
+  OLTR, CVPR 2019, which the paper's Table 3 groups follow; also ``SubsetPartitioner(rule="shot",
+  thresholds=(100, 20))``'s default). When one of the three groups would be empty (a small data
+  set), the classes sorted by count are cut into tertiles instead, and the summary says so;
+* ``cooccurrence.png``: the class co-occurrence matrix (images holding both labels; the diagonal is
+  the class count), classes sorted by count;
+* with ``--partition``: ``subsets.png``, one panel per subset with its classes' counts among the
+  images that hold a positive of the subset, and per subset the imbalance ratio (max / min count)
+  next to the whole data set's (the paper's Fig. 4), and how many of those images also hold a label
+  outside the subset (the label co-occurrence that teachers trained on subsets do not see).
+
+Partition JSON: ``{"subsets": [[class indices], ...], "names": [...], "num_classes": C, ...}``
+(other keys are ignored); subsets must be disjoint, cover every class and ``num_classes`` must match
+the CSV. ``summary.json`` holds every number printed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cache import atomic_write_bytes, atomic_write_text
+from .csv_dataset import read_label_csv
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "shot_groups",
+    "labels_per_image",
+    "cooccurrence_matrix",
+    "load_partition_json",
+    "subset_statistics",
+    "describe",
+    "main",
+]
+
+DEFAULT_THRESHOLDS = (100, 20)
+GROUPS = ("head", "medium", "tail")
+_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
+
+
+def shot_groups(counts: Sequence[int] | np.ndarray,
+                thresholds: tuple[int, int] = DEFAULT_THRESHOLDS) -> tuple[dict[str, list[int]], str]:
+    """Head / medium / tail class indices and the rule used (``"thresholds"`` or ``"tertiles"``).
+
+    head: count > ``thresholds[0]``; tail: count < ``thresholds[1]``; medium: the rest. If a group
+    is empty, tertiles of the classes sorted by count (head gets the extra class first).
+    """
+    c = np.asarray(counts)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {c.shape}")
+    hi, lo = thresholds
+    if not hi >= lo >= 0:
+        raise ValueError(f"thresholds must be (many, few) with many >= few >= 0, got {thresholds}")
+    groups = {"head": np.flatnonzero(c > hi).tolist(),
+              "medium": np.flatnonzero((c <= hi) & (c >= lo)).tolist(),
+              "tail": np.flatnonzero(c < lo).tolist()}
+    if all(groups.values()) or c.size < 3:
+        return groups, "thresholds"
+    order = np.argsort(-c, kind="stable")
+    cuts = np.array_split(order, 3)
+    return {g: sorted(int(i) for i in part) for g, part in zip(GROUPS, cuts)}, "tertiles"
+
+
+def labels_per_image(targets: np.ndarray) -> dict[str, int]:
+    """Images with 0, 1, 2, 3 and more than 3 labels (the paper's Table 2 rows) and the total."""
+    k = np.asarray(targets).sum(axis=1)
+    return {"0": int((k == 0).sum()), "1": int((k == 1).sum()), "2": int((k == 2).sum()),
+            "3": int((k == 3).sum()), "3+": int((k > 3).sum()), "sum": int(k.size)}
+
+
+def cooccurrence_matrix(targets: np.ndarray) -> np.ndarray:
+    """``(C, C)`` int64: images holding both class i and class j (diagonal: class counts)."""
+    y = np.asarray(targets, dtype=np.int64)
+    return y.T @ y
+
+
+def load_partition_json(path: str | os.PathLike[str], num_classes: int) -> tuple[list[list[int]], list[str]]:
+    """Read and check a partition file; returns ``(subsets, names)``."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected a JSON partition, got invalid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or "subsets" not in doc:
+        raise ValueError(f"{path}: expected an object with a 'subsets' key")
+    subsets = doc["subsets"]
+    if not isinstance(subsets, list) or not all(isinstance(s, list) and s for s in subsets):
+        raise ValueError(f"{path}: 'subsets' must be a list of non-empty lists of class indices")
+    if doc.get("num_classes", num_classes) != num_classes:
+        raise ValueError(f"{path}: expected num_classes {num_classes} (the CSV's), got "
+                         f"{doc.get('num_classes')}")
+    flat = [i for s in subsets for i in s]
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_classes for i in flat):
+        raise ValueError(f"{path}: subset entries must be class indices in [0, {num_classes})")
+    if len(flat) != len(set(flat)) or len(flat) != num_classes:
+        raise ValueError(f"{path}: subsets must be disjoint and cover all {num_classes} classes, got "
+                         f"{len(flat)} entries ({len(set(flat))} distinct)")
+    names = doc.get("names") or [f"subset {k}" for k in range(len(subsets))]
+    if len(names) != len(subsets):
+        raise ValueError(f"{path}: expected {len(subsets)} names (one per subset), got {len(names)}")
+    return [list(map(int, s)) for s in subsets], [str(n) for n in names]
+
+
+def subset_statistics(targets: np.ndarray, subsets: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    """Per subset: its images (a positive in the subset), class counts, imbalance, outside labels."""
+    y = np.asarray(targets).astype(bool)
+    out = []
+    for s in subsets:
+        s = list(s)
+        mine = y[:, s].any(axis=1)
+        outside = np.ones(y.shape[1], dtype=bool)
+        outside[s] = False
+        counts = y[mine][:, s].sum(axis=0)
+        nz = counts[counts > 0]
+        out.append({
+            "classes": s,
+            "images": int(mine.sum()),
+            "counts": counts.astype(int).tolist(),
+            "imbalance_ratio": float(nz.max() / nz.min()) if nz.size else float("nan"),
+            "images_with_outside_labels": int((y[mine][:, outside].any(axis=1)).sum()),
+            "images_with_2plus_in_subset": int((y[mine][:, s].sum(axis=1) >= 2).sum()),
+        })
+    return out
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def describe(
+    csv_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    partition: str | os.PathLike[str] | None = None,
+    image_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    thresholds: tuple[int, int] = DEFAULT_THRESHOLDS,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Compute, print and plot the statistics of a labels CSV (see the module doc); returns them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns)
+    y, names = table.targets, list(table.class_names)
+    counts = y.sum(axis=0).astype(int)
+    groups, rule = shot_groups(counts, thresholds)
+    group_of = {i: g for g, members in groups.items() for i in members}
+    table2 = labels_per_image(y)
+    co = cooccurrence_matrix(y)
+    order = np.argsort(-counts, kind="stable")
+    nz = counts[counts > 0]
+    summary: dict[str, Any] = {
+        "csv": str(table.path), "num_images": int(y.shape[0]), "num_classes": len(names),
+        "class_names": names, "class_counts": counts.tolist(),
+        "head_tail_ratio": float(nz.max() / nz.min()) if nz.size else float("nan"),
+        "labels_per_image": table2, "group_rule": rule, "thresholds": list(thresholds),
+        "groups": {g: [names[i] for i in members] for g, members in groups.items()},
+        "cooccurrence": co.tolist(),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    lines = [f"{table.path}: {y.shape[0]} images, {len(names)} classes, head/tail ratio "
+             f"{summary['head_tail_ratio']:.1f}", "", "per-class positives (sorted):"]
+    lines += [f"  {counts[i]:7d}  {group_of[i]:6s}  {names[i]}" for i in order]
+    lines += ["", "labels per image (paper Table 2):"]
+    lines += [f"  {k:>3s}: {v}" for k, v in table2.items()]
+    how = f"head > {thresholds[0]}, tail < {thresholds[1]}" if rule == "thresholds" else "tertiles"
+    lines += ["", f"groups ({how}):"]
+    lines += [f"  {g:6s} ({len(m)}): {', '.join(names[i] for i in m)}" for g, m in groups.items()]
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    ax.bar(range(len(names)), counts[order], color=[_COLORS[group_of[i]] for i in order])
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)
+    ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=7)
+    ax.set_ylabel("positive images")
+    ax.set_title("class distribution")
+    for g in GROUPS:
+        ax.bar([], [], color=_COLORS[g], label=g)
+    ax.legend()
+    _save(fig, out / "class_counts.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(names)), max(4, 0.3 * len(names))))
+    im = ax.imshow(np.log1p(co[np.ix_(order, order)]), cmap="viridis")
+    ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(names)), [names[i] for i in order], fontsize=6)
+    ax.set_title("label co-occurrence (log(1 + images))")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, out / "cooccurrence.png")
+    plt.close(fig)
+
+    if partition is not None:
+        subsets, sub_names = load_partition_json(partition, len(names))
+        stats = subset_statistics(y, subsets)
+        summary["partition"] = {"path": str(partition), "names": sub_names, "subsets": stats}
+        lines += ["", f"partition {partition}:"]
+        for n, st in zip(sub_names, stats):
+            lines.append(f"  {n}: {len(st['classes'])} classes, {st['images']} images, imbalance "
+                         f"{st['imbalance_ratio']:.1f} (whole set {summary['head_tail_ratio']:.1f}), "
+                         f"{st['images_with_outside_labels']} with labels outside the subset")
+        k = len(subsets)
+        fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * (k + 1), 3.5), squeeze=False)
+        ax0 = axes[0, 0]
+        ax0.bar(range(len(names)), counts[order], color="grey")
+        ax0.set_yscale("log")
+        ax0.set_ylim(bottom=0.8)
+        ax0.set_title("original")
+        for j, (n, st) in enumerate(zip(sub_names, stats), 1):
+            ax = axes[0, j]
+            o = np.argsort(-np.asarray(st["counts"]), kind="stable")
+            ax.bar(range(len(o)), np.asarray(st["counts"])[o],
+                   color=[_COLORS[group_of[st["classes"][i]]] for i in o])
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=0.8)
+            ax.set_xticks(range(len(o)), [names[st["classes"][i]] for i in o], rotation=90, fontsize=6)
+            ax.set_title(f"{n} (x{st['imbalance_ratio']:.0f})", fontsize=9)
+        _save(fig, out / "subsets.png")
+        plt.close(fig)
+
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "summary.txt", text)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if verbose:
+        print(text, end="")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.data.describe",
+                                description="Statistics and figures of a multi-label labels CSV.")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True, help="folder for the figures and summary.json")
+    p.add_argument("--partition", default=None, help="partition JSON (subsets of class indices)")
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--thresholds", type=int, nargs=2, default=DEFAULT_THRESHOLDS,
+                   metavar=("MANY", "FEW"), help="head > MANY, tail < FEW (default 100 20)")
+    a = p.parse_args(argv)
+    describe(a.csv, a.out, partition=a.partition, image_column=a.image_column,
+             thresholds=tuple(a.thresholds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
