@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m recipes.demo
+	$(PY) recipes/table3.py --profile demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_kd_loss.py

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset
 
 from baselines.oltr import OLTROutput
 from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rskd_loss.fileio import atomic_path, atomic_write_text
 
 
 # ------------------------------------------------------------------------------- distributed
@@ -56,18 +56,8 @@ def broadcast_object(obj: Any, world: int) -> Any:
 # ------------------------------------------------------------------------------------- files
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write JSON atomically (``rskd_loss.fileio.atomic_write_text``): never half-written."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, default=_json_default))
 
 
 def _json_default(x: Any) -> Any:
@@ -89,19 +79,8 @@ def nan_to_none(values: Iterable[float]) -> list[float | None]:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, fsync, rename. Only tensors and plain values go in, so the
     file loads with ``torch.load(weights_only=True)``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -157,17 +136,8 @@ def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike) -> np.n
     for i in range(len(everything)):
         img, _, row = everything[i]
         out[row] = np.asarray(img)
-    folder = os.path.dirname(os.path.abspath(cache_file))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, out)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(cache_file) as tmp, open(tmp, "xb") as f:
+        np.save(f, out)
     return out
 
 

@@ -73,7 +73,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import numpy as np
 
 from recipes.config import CONFIG_DIR, RULES, ConfigError, load_config, resolve_profile
-from recipes.data.cache import atomic_write_bytes, atomic_write_text
+from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "Row", "Job", "ROWS", "TABLE3_ROWS", "TABLE4_ROWS", "TABLES", "GROUPS",

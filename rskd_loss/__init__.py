@@ -6,7 +6,8 @@ criterion -> per-class AP (:mod:`rskd_loss.metrics`) -> :meth:`WeightedSubsetKDL
 """
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
 from .partition import Partition, SubsetPartitioner, TeacherView
-from .teachers import SubsetTeachers, TeacherLogitBank, file_sha256
+from .fileio import file_sha256
+from .teachers import SubsetTeachers, TeacherLogitBank
 from .weights import KDWeightSchedule, kd_weights
 
 __version__ = "0.1.0.dev0"

@@ -25,7 +25,6 @@ import json
 import math
 import operator
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from . import priors as _priors
+from .fileio import atomic_write_text
 from .validation import as_class_counts, as_class_names, check_thresholds
 
 __all__ = [
@@ -111,25 +111,6 @@ def _as_binary_matrix(targets: object, num_classes: int, name: str = "targets") 
             f"{name} must be multi-hot with values in {{0, 1}}, got {arr[r, c].item()!r} at index ({r}, {c})"
         )
     return arr == 1
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +296,7 @@ class Partition:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path`` atomically (temporary file + ``os.replace``)."""
         path = Path(path)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", fsync=True)
         return path
 
     @classmethod

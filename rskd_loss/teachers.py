@@ -5,29 +5,20 @@ subset k of the partition, and its |S_k| outputs are scattered into those column
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import struct
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .fileio import atomic_path, file_sha256
 from .validation import as_class_names
 
 __all__ = ["SubsetTeachers", "TeacherLogitBank", "file_sha256"]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file (e.g. a teacher checkpoint), read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _subsets_of(partition: Any) -> tuple[tuple[int, ...], ...]:
@@ -293,9 +284,8 @@ class TeacherLogitBank:
         arr = logits.detach().to("cpu", torch.float32).numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
         if arr.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, C), got shape {arr.shape}")
-        writer = _AtomicBankWriter(path, arr.shape[0], class_names=class_names, partition=partition,
-                                   teacher_hashes=teacher_hashes, dataset=dataset, metadata=metadata)
-        with writer as (out, _):
+        with _bank_writer(path, arr.shape[0], class_names=class_names, partition=partition,
+                          teacher_hashes=teacher_hashes, dataset=dataset, metadata=metadata) as out:
             out[:] = cls._to_f16(arr, path)
         return cls(path)
 
@@ -336,10 +326,9 @@ class TeacherLogitBank:
         class-aware-sampled loader is refused instead of silently leaving rows empty.
         """
         seen = np.zeros(num_samples, dtype=np.int64)
-        writer = _AtomicBankWriter(path, num_samples, class_names=class_names, partition=partition,
-                                   teacher_hashes=teacher_hashes, dataset=dataset, metadata=metadata)
         device = torch.device(device)
-        with writer as (out, _):
+        with _bank_writer(path, num_samples, class_names=class_names, partition=partition,
+                          teacher_hashes=teacher_hashes, dataset=dataset, metadata=metadata) as out:
             for batch in loader:
                 if not isinstance(batch, (tuple, list)) or len(batch) < 3:
                     raise ValueError("loader must yield (images, targets, indices) batches")
@@ -359,54 +348,27 @@ class TeacherLogitBank:
         return cls(path)
 
 
-class _AtomicBankWriter:
-    """Context manager: a writable float16 memmap in a temporary file, renamed into place on success."""
-
-    def __init__(self, path, num_samples, *, class_names, partition, teacher_hashes, dataset, metadata):
-        names = as_class_names(class_names)
-        rec = _partition_record(partition)
-        if int(partition.num_classes) != len(names):
-            raise ValueError(
-                f"partition covers {partition.num_classes} classes, class_names has {len(names)}"
-            )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        self.path = os.fspath(path)
-        self.shape = (int(num_samples), len(names))
-        header = {
-            "num_samples": self.shape[0],
-            "num_classes": self.shape[1],
-            "class_names": list(names),
-            "partition": rec,
-            "teacher_hashes": [str(h) for h in teacher_hashes],
-            "dataset": dataset,
-            "metadata": dict(metadata or {}),
-        }
-        self.header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
-
-    def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".bank-", suffix=".tmp", dir=folder)
-        prefix = _PREFIX.pack(_MAGIC, _VERSION, len(self.header_bytes))
-        offset = -(-(len(prefix) + len(self.header_bytes)) // _ALIGN) * _ALIGN
-        with os.fdopen(fd, "wb") as f:
-            f.write(prefix + self.header_bytes)
-            f.write(b"\0" * (offset - len(prefix) - len(self.header_bytes)))
-            f.truncate(offset + self.shape[0] * self.shape[1] * 2)
-        self.out = np.memmap(self.tmp, dtype=np.float16, mode="r+", offset=offset, shape=self.shape)
-        return self.out, self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.out.flush()
-            del self.out
-            if exc_type is None:
-                with open(self.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
+@contextlib.contextmanager
+def _bank_writer(path, num_samples, *, class_names, partition, teacher_hashes=(), dataset=None, metadata=None):
+    """Yield a writable (N, C) float16 memory map in a temporary file, renamed onto ``path`` on success."""
+    names = as_class_names(class_names)
+    rec = _partition_record(partition)
+    if int(partition.num_classes) != len(names):
+        raise ValueError(f"partition covers {partition.num_classes} classes, class_names has {len(names)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    shape = (int(num_samples), len(names))
+    header = json.dumps({
+        "num_samples": shape[0], "num_classes": shape[1], "class_names": list(names), "partition": rec,
+        "teacher_hashes": [str(h) for h in teacher_hashes], "dataset": dataset, "metadata": dict(metadata or {}),
+    }, sort_keys=True).encode("utf-8")
+    prefix = _PREFIX.pack(_MAGIC, _VERSION, len(header))
+    offset = -(-(len(prefix) + len(header)) // _ALIGN) * _ALIGN
+    with atomic_path(path, fsync=True) as tmp:
+        with open(tmp, "xb") as f:
+            f.write(prefix + header + b"\0" * (offset - len(prefix) - len(header)))
+            f.truncate(offset + shape[0] * shape[1] * 2)
+        out = np.memmap(tmp, dtype=np.float16, mode="r+", offset=offset, shape=shape)
+        yield out
+        out.flush()
+        del out  # close the memory map before the rename

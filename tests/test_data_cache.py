@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from recipes.data.cache import (
-    atomic_write_bytes,
     build_cache,
     crop_to_field,
     find_field_box,
@@ -140,14 +139,6 @@ def test_bad_arguments(tmp_path):
         build_cache(tmp_path / "nope", csv_path, tmp_path / "o")
     with pytest.raises(ValueError, match="expected an image column 'file'"):
         build_cache(src, csv_path, tmp_path / "o", image_column="file")
-
-
-def test_atomic_write_replaces_whole_file(tmp_path):
-    p = tmp_path / "x.bin"
-    atomic_write_bytes(p, b"first version, long")
-    atomic_write_bytes(p, b"second")
-    assert p.read_bytes() == b"second"
-    assert [q.name for q in tmp_path.iterdir()] == ["x.bin"]
 
 
 def test_cli(tmp_path, capsys):

@@ -19,7 +19,7 @@ _EXPORTS = {
               "write_rfmid_merged_csv"),
     "synthetic": ("CATALOGUE", "generate_synthetic", "synthetic_labels", "synthetic_prior",
                   "target_class_counts"),
-    "cache": ("atomic_write_bytes", "atomic_write_text", "build_cache", "crop_to_field", "find_field_box"),
+    "cache": ("build_cache", "crop_to_field", "find_field_box"),
     "splits": ("Fold", "Splits", "load_splits", "make_splits", "save_splits", "splits_for_csv"),
     "transforms": ("train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD"),
 }

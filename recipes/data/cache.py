@@ -30,11 +30,9 @@ DIR2)`` exactly as the source was.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -44,11 +42,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from rskd_loss.fileio import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
+
 __all__ = [
-    "atomic_write_bytes",
-    "atomic_write_text",
     "atomic_copy",
-    "sha256_file",
     "find_field_box",
     "crop_to_field",
     "resize_short_side",
@@ -70,64 +67,10 @@ CACHE_VERSION = 1
 # --------------------------------------------------------------------------------------------
 # atomic writes
 # --------------------------------------------------------------------------------------------
-def _temp_path(path: Path) -> Path:
-    """A unique hidden name next to ``path`` (same folder, so ``os.replace`` is atomic)."""
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
-
-    Readers see the old file or the new one, never a part. The file gets the usual permissions
-    (``0o666`` minus the umask). ``fsync=True`` also flushes the data to disk before the rename
-    (durability across a power cut; slow for thousands of small files).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically (newlines written as given)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Copy a file byte for byte, atomically."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dst)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +322,7 @@ def build_cache(
     else:
         atomic_copy(csv_path, report.csv_path)
     atomic_write_text(meta_path, json.dumps({"settings": settings, "source_csv": str(csv_path),
-                                             "source_csv_sha256": sha256_file(csv_path),
+                                             "source_csv_sha256": file_sha256(csv_path),
                                              "images": len(ids)}, indent=2) + "\n")
     return report
 

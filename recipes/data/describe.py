@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import atomic_write_bytes, atomic_write_text
+from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from .csv_dataset import read_label_csv
 
 __all__ = [

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .cache import atomic_write_text
+from rskd_loss.fileio import atomic_write_text
 from .csv_dataset import CSVDataError, MultiLabelCSVDataset, read_label_csv
 
 __all__ = [

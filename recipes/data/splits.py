@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import atomic_write_text, sha256_file
+from rskd_loss.fileio import atomic_write_text, file_sha256
 
 __all__ = [
     "Fold",
@@ -229,7 +229,7 @@ def make_splits(
 def csv_fingerprint(csv_path: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"name", "sha256", "num_bytes"}`` identifying a CSV by its exact bytes."""
     p = Path(csv_path)
-    return {"name": p.name, "sha256": sha256_file(p), "num_bytes": p.stat().st_size}
+    return {"name": p.name, "sha256": file_sha256(p), "num_bytes": p.stat().st_size}
 
 
 def default_splits_path(csv_path: str | os.PathLike[str]) -> Path:

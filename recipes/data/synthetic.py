@@ -81,7 +81,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import atomic_write_bytes, atomic_write_text
+from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "GENERATOR_VERSION",
