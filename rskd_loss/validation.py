@@ -27,6 +27,7 @@ __all__ = [
     "check_logits_targets",
     "check_same_shape",
     "as_class_counts",
+    "as_float_vector",
     "value_checks",
     "value_checks_enabled",
     "check_probability",
@@ -134,6 +135,25 @@ def check_logits_targets(
     return logits, targets
 
 
+def as_float_vector(values: object, name: str) -> torch.Tensor:
+    """A sequence or tensor of one number per class as a new 1-D float64 CPU tensor.
+
+    ``TypeError`` for a non-numeric input, ``ValueError`` for another shape than (C,).
+    """
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a sequence of numbers or a tensor, got {type(values).__name__}"
+            ) from exc
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (C,), one value per class, got shape {tuple(t.shape)}")
+    return t
+
+
 def as_class_counts(
     counts: object,
     num_classes: int | None = None,
@@ -146,17 +166,7 @@ def as_class_counts(
     Raises ``TypeError`` for a non-numeric input, ``ValueError`` for a wrong length, a negative or
     non-finite count, or (``allow_zero=False``) a zero count, naming the offending class index.
     """
-    if isinstance(counts, torch.Tensor):
-        t = counts.detach().to("cpu", torch.float64)
-    else:
-        try:
-            t = torch.as_tensor(counts, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(
-                f"{name} must be a sequence of numbers or a tensor, got {type(counts).__name__}"
-            ) from exc
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D (C,), got shape {tuple(t.shape)}")
+    t = as_float_vector(counts, name)
     if num_classes is not None and t.numel() != num_classes:
         raise ValueError(f"{name} must have {num_classes} entries (one per class), got {t.numel()}")
     if t.numel() == 0:

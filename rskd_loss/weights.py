@@ -3,24 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from .validation import check_probability
+from .validation import as_float_vector, check_probability
 
 __all__ = ["KDWeightSchedule", "kd_weights"]
 
 
 def _as_metric(metric: object, name: str) -> torch.Tensor:
-    if isinstance(metric, torch.Tensor):
-        t = metric.detach().to("cpu", torch.float64)
-    else:
-        try:
-            t = torch.as_tensor(metric, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(
-                f"{name} must be a sequence of numbers or a tensor (one value per class), "
-                f"got {type(metric).__name__}"
-            ) from exc
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D (C,), one value per class, got shape {tuple(t.shape)}")
+    t = as_float_vector(metric, name)
     finite_or_nan = torch.isfinite(t) | torch.isnan(t)
     if not bool(finite_or_nan.all()):
         i = int((~finite_or_nan).nonzero()[0])

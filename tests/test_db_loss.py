@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _loss_helpers import random_batch, value_and_grad
 from baselines.bce import bce_loss
 from baselines.db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
 
@@ -20,19 +21,12 @@ Y = [[1, 0, 1], [0, 1, 0]]
 
 
 def _data(n: int = 6, c: int = 4, seed: int = 0, scale: float = 2.0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(n, c, generator=g, dtype=dtype) * scale).requires_grad_()
-    targets = torch.randint(0, 2, (n, c), generator=g).to(dtype)
+    logits, targets = random_batch(n, c, seed, scale, dtype)
     targets[:, 0] = 1  # every image has at least one positive
     return logits, targets
 
 
-def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
-    x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args, **kwargs)
-    cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (grad,) = torch.autograd.grad(out, x, cot if out.dim() else None)
-    return out.detach(), grad
+_value_and_grad = value_and_grad
 
 
 def _sigmoid(x: float) -> float:

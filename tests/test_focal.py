@@ -1,6 +1,7 @@
 """Sigmoid focal loss and the ERM BCE baseline (baselines/focal.py, baselines/bce.py)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -8,27 +9,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
+from _loss_helpers import random_batch, value_and_grad
 from baselines.bce import MultiLabelBCELoss, bce_loss
 from baselines.focal import FocalLoss, sigmoid_focal_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _data(n: int = 6, c: int = 5, seed: int = 0, scale: float = 3.0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(n, c, generator=g, dtype=dtype) * scale).requires_grad_()
-    targets = torch.randint(0, 2, (n, c), generator=g).to(dtype)
-    return logits, targets
-
-
-def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
-    x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args, **kwargs)
-    # a fixed random cotangent so that 'none' is compared in gradient too
-    g = torch.Generator().manual_seed(123)
-    cot = torch.rand(out.shape, generator=g, dtype=out.dtype) if out.dim() else torch.tensor(1.0, dtype=out.dtype)
-    (grad,) = torch.autograd.grad(out, x, cot)
-    return out.detach(), grad
+_data = functools.partial(random_batch, c=5, scale=3.0)
+_value_and_grad = value_and_grad
 
 
 # ---------------------------------------------------------------- equivalences (value AND gradient)

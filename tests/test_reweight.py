@@ -1,31 +1,22 @@
 """Class re-weighting (RW) and deferred re-weighting (DRW): baselines/reweight.py."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _loss_helpers import random_batch, value_and_grad
 from baselines.bce import bce_loss
 from baselines.reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_bce_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _data(n: int = 6, c: int = 4, seed: int = 0, scale: float = 3.0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(n, c, generator=g, dtype=dtype) * scale).requires_grad_()
-    targets = torch.randint(0, 2, (n, c), generator=g).to(dtype)
-    return logits, targets
-
-
-def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
-    x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args, **kwargs)
-    cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (grad,) = torch.autograd.grad(out, x, cot if out.dim() else None)
-    return out.detach(), grad
+_data = functools.partial(random_batch, c=4, scale=3.0)
+_value_and_grad = value_and_grad
 
 
 # ---------------------------------------------------------------- class_weights by hand
