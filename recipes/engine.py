@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -88,6 +89,42 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
+    """A tqdm progress bar on rank 0 when stderr is a terminal (never in logs or CI); else the iterable."""
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class TensorBoard:
+    """Per-epoch scalars to TensorBoard when the ``tensorboard`` package is installed (rank 0 only)."""
+
+    def __init__(self, out_dir: str | os.PathLike | None) -> None:
+        self.writer = None
+        if out_dir is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: metrics.jsonl always has the same numbers
+            return
+        self.writer = SummaryWriter(log_dir=os.path.join(out_dir, "tensorboard"))
+
+    def log(self, line: dict, epoch: int) -> None:
+        if self.writer is None:
+            return
+        for key in ("train_loss", "val_loss", "lr"):
+            self.writer.add_scalar(key, line[key], epoch)
+        for group, value in line["val_map"].items():
+            if value == value:  # not NaN
+                self.writer.add_scalar(f"val_map/{group}", value, epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:

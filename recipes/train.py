@@ -346,7 +346,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
             bank, lookup = build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, rank, world)
     criterion.to(device)
 
-    params = list(model.parameters()) + [p for p in criterion.parameters() if p.requires_grad]
+    crit_params = [p for p in criterion.parameters() if p.requires_grad]  # OLTR's centroids
+    params = list(model.parameters()) + crit_params
     opt = torch.optim.Adam(params, lr=sched["lr"], weight_decay=sched["weight_decay"],
                            **({"fused": True} if device.type == "cuda" else {}))
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
@@ -369,6 +370,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         if main:
             print(f"resumed from {out_dir / 'last.pt'} at epoch {start_epoch}", flush=True)
 
+    tb = engine.TensorBoard(out_dir if main else None)
     centroids = (lambda: base.centroids) if oltr == 2 else (lambda: None)
     for epoch in range(start_epoch, sched["epochs"]):
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -380,7 +382,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         if teachers is not None:
             teachers.train()  # stays in eval: SubsetTeachers is frozen
         total, steps = 0.0, 0
-        for x, y, idx in train_loader:
+        for x, y, idx in engine.progress(train_loader, main, f"{meth['name']} {epoch + 1}/{sched['epochs']}"):
             x = augment(x.to(device, non_blocking=True), train=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -400,6 +402,11 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                                          f"{out_dir / 'last.pt' if (out_dir / 'last.pt').is_file() else 'none'}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:  # parameters of the loss are outside DDP: average their gradients by hand
+                for p in crit_params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
             opt.step()
             total += float(loss.detach())
             steps += 1
@@ -427,10 +434,13 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
             if weights is not None:
                 line["kd_weights"] = weights
             engine.append_jsonl(out_dir / "metrics.jsonl", line)
+            tb.log(line, epoch)
             print(f"[{meth['name']}] epoch {epoch + 1}/{sched['epochs']} loss {line['train_loss']:.4f} "
                   f"val loss {val['loss']:.4f} val mAP {100 * val_map['total']:.2f} ({line['seconds']:.1f}s)",
                   flush=True)
         engine.barrier(world)
+
+    tb.close()
 
     # ---- test with the best checkpoint
     best = engine.load_checkpoint(out_dir / "best.pt")

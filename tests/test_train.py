@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,7 +104,10 @@ def test_resume_continues(env: Path) -> None:
 
 def test_torchrun_two_processes(env: Path) -> None:
     out = env / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    with socket.socket() as sock:  # a free port: two test runs on one machine must not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(ROOT / "recipes" / "train.py"), "--config", str(env / "rs.py"), "--profile", str(env / "tiny.py"),
            "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,

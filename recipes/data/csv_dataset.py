@@ -230,13 +230,28 @@ def read_label_csv(
 
 
 def load_rgb_image(path: str | os.PathLike[str]) -> "Any":
-    """Decode an image file with PIL, fully, and return it converted to RGB.
+    """Decode an image file, fully, and return it as an RGB ``PIL.Image``.
 
-    Raises :class:`BadImageError` naming the file if it is truncated or not an image (PIL's
+    Decoded with mmcv's ``imread`` (OpenCV; the ``mmcv-lite`` distribution of the recipes extra) when
+    it is installed, else with PIL: on 2 CPU cores mmcv decoded a 64 px PNG 1.6x and a 2048 px JPEG
+    1.9x faster than PIL (``benchmarks/bench_image_decode.py``). Raises :class:`BadImageError`
+    naming the file if it is truncated or not an image, with either decoder (PIL's
     ``LOAD_TRUNCATED_IMAGES`` global is left alone, so a truncated file always fails here).
     """
     from PIL import Image, UnidentifiedImageError
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    if _mmcv_imread is not None:
+        import cv2
+
+        try:
+            array = _mmcv_imread(os.fspath(path), channel_order="rgb")
+        except cv2.error as exc:  # OpenCV gave an empty image to a colour conversion
+            raise BadImageError(f"cannot decode image {path}: not an image, or truncated") from exc
+        if array is None or array.ndim not in (2, 3):
+            raise BadImageError(f"cannot decode image {path}: not an image, or truncated")
+        return Image.fromarray(array).convert("RGB")
     try:
         with Image.open(path) as im:
             im.load()
@@ -245,6 +260,20 @@ def load_rgb_image(path: str | os.PathLike[str]) -> "Any":
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _find_mmcv_imread():
+    try:
+        import cv2
+
+        cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None  # no libpng chatter on bad files
+        from mmcv import imread
+    except ImportError:
+        return None
+    return imread
+
+
+_mmcv_imread = _find_mmcv_imread()
 
 
 class MultiLabelCSVDataset(Dataset):
