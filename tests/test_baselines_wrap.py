@@ -1,8 +1,8 @@
 """Every registry baseline X wrapped as "RSKD + X": with all KD weights 0 the wrapper equals X.
 
 ``WeightedSubsetKDLoss(X, num_classes=C)`` (rskd_loss/kd.py) with ``set_weights(zeros)`` must give X's
-value and X's gradient, for every X of :func:`baselines.registry.available_criteria` except ``oltr``
-(its forward needs ``features=``; it is tested by its author) and for every reduction.
+value and X's gradient, for every X of :func:`baselines.registry.available_criteria` and for every
+reduction; ``oltr`` also needs its ``features=`` passed through the wrapper.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def _batch(seed: int):
     return logits, targets, teacher
 
 
-def _value_and_grad(fn, logits: torch.Tensor, *args):
+def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
     x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args)
+    out = fn(x, *args, **kwargs)
     cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
     (grad,) = torch.autograd.grad(out, x, cot if out.dim() else None)
     return out.detach(), grad
@@ -62,3 +62,21 @@ def test_nonzero_kd_weights_change_the_loss(name: str) -> None:
     crit = WeightedSubsetKDLoss(base, num_classes=C)
     crit.set_weights(torch.ones(C))
     assert crit(logits, targets, teacher).item() > base(logits, targets).item()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_kd_weights_equal_oltr_with_features_passed_through(stage: int, reduction: str) -> None:
+    logits, targets, teacher = _batch(seed=20 + stage)
+    features = torch.randn(8, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    base = build_criterion("oltr", class_counts=COUNTS, feat_dim=6, stage=stage, reduction=reduction).double()
+    if stage == 2:
+        base.set_centroids(torch.randn(C, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    crit = WeightedSubsetKDLoss(base, num_classes=C)
+    crit.set_weights(torch.zeros(C))
+    v_wrap, g_wrap = _value_and_grad(crit, logits, targets, teacher, features=features)
+    v_base, g_base = _value_and_grad(base, logits, targets, features=features)
+    torch.testing.assert_close(v_wrap, v_base, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_wrap, g_base, rtol=1e-12, atol=1e-12)
+    crit.set_weights(torch.ones(C))
+    assert not torch.allclose(crit(logits, targets, teacher, features=features), base(logits, targets, features=features))
