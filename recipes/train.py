@@ -297,10 +297,10 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     if train_positions is not None:
         train_targets = train_targets[train_positions]
 
-    train_ds = engine.View(make_dataset(cfg, data, "train", True), train_positions,
-                           None if stage != "teacher" else columns)
-    val_ds = engine.View(make_dataset(cfg, data, "val", False), None, None if stage != "teacher" else columns)
-    test_ds = engine.View(make_dataset(cfg, data, "test", False), None, None if stage != "teacher" else columns)
+    view_columns = columns if stage == "teacher" else None  # a teacher sees its subset's columns only
+    train_ds = engine.View(make_dataset(cfg, data, "train", True), train_positions, view_columns)
+    val_ds = engine.View(make_dataset(cfg, data, "val", False), None, view_columns)
+    test_ds = engine.View(make_dataset(cfg, data, "test", False), None, view_columns)
     train_loader = make_loader(cfg, train_ds, train=True, world=world, rank=rank, sampler_kind=meth["sampler"],
                                targets=train_targets, seed=r["seed"])
     val_loader = make_loader(cfg, val_ds, train=False, world=world, rank=rank)
@@ -323,8 +323,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     if oltr == 2:
         if meth["init_from"] and not resume:  # centroids = class means of stage-1 direct features
             plain = make_loader(cfg, engine.View(make_dataset(cfg, data, "train", False), train_positions,
-                                                 None if stage != "teacher" else columns),
-                                train=False, world=world, rank=rank)
+                                                 view_columns), train=False, world=world, rank=rank)
             feats = engine.predict(model, plain, device, augment, amp, world, features=True)
             base.init_centroids(torch.from_numpy(feats["features"]), torch.from_numpy(feats["targets"]))
         model.head = model.head.to_stage2(feature_size=oltr_feature_size(cfg))
