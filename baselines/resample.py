@@ -70,6 +70,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from rskd_loss.validation import as_multi_hot
+
 __all__ = [
     "DB_NUM_SAMPLES_CLS",
     "OLTR_NUM_SAMPLES_CLS",
@@ -101,29 +103,11 @@ def _check_int(value: object, name: str, minimum: int) -> int:
 
 
 def _as_multi_hot(targets: object, name: str = "targets") -> np.ndarray:
-    """Check an (N, C) multi-hot tensor / array and return it as a new bool numpy array."""
-    if isinstance(targets, torch.Tensor):
-        arr = targets.detach().cpu().numpy()
-    elif isinstance(targets, np.ndarray):
-        arr = targets
-    else:
-        raise TypeError(
-            f"{name} must be an (N, C) multi-hot torch.Tensor or numpy.ndarray, got {type(targets).__name__}"
-        )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, C), got {arr.ndim}-D with shape {tuple(arr.shape)}")
+    """Check an (N, C) multi-hot tensor / array (at least one image and one class) as a new bool array."""
+    arr = as_multi_hot(targets, name)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one image and one class, got shape {tuple(arr.shape)}")
-    if arr.dtype != np.bool_:
-        if not (np.issubdtype(arr.dtype, np.number)):
-            raise TypeError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
-        bad = (arr != 0) & (arr != 1)
-        if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{name} must be multi-hot with values in {{0, 1}}, got {arr[idx]!r} at index {idx}"
-            )
-    return arr.astype(bool, copy=True)
+    return arr
 
 
 class _RandomCycle:

@@ -36,7 +36,7 @@ import torch
 
 from . import priors as _priors
 from .fileio import atomic_write_text
-from .validation import as_class_counts, as_class_names, check_thresholds
+from .validation import as_class_counts, as_class_names, as_multi_hot, check_thresholds
 
 __all__ = [
     "Partition",
@@ -79,38 +79,6 @@ def _first(items: Sequence[Any], n: int = 10, *, plain: bool = False) -> str:
     """``[a, b, ...]`` of the first ``n`` items (``repr`` of each, or ``str`` with ``plain=True``)."""
     shown = ", ".join(str(x) if plain else repr(x) for x in list(items)[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}]"
-
-
-def _as_binary_matrix(targets: object, num_classes: int, name: str = "targets") -> np.ndarray:
-    """A (N, C) multi-hot matrix (numpy or torch, any numeric or bool dtype) as a numpy bool array."""
-    if isinstance(targets, torch.Tensor):
-        t = targets.detach().to("cpu")
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.float()
-        arr = t.numpy()
-    elif isinstance(targets, np.ndarray):
-        arr = targets
-    else:
-        raise TypeError(
-            f"{name} must be a numpy array or a torch.Tensor (N, C), got {type(targets).__name__}"
-        )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, C), got shape {tuple(arr.shape)}")
-    if arr.shape[1] != num_classes:
-        raise ValueError(
-            f"{name} must have num_classes={num_classes} columns, got shape {tuple(arr.shape)}"
-        )
-    if arr.dtype == np.bool_:
-        return arr.copy()
-    if not (np.issubdtype(arr.dtype, np.number)):
-        raise TypeError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
-    ok = (arr == 0) | (arr == 1)
-    if not bool(ok.all()):
-        r, c = (int(v) for v in np.argwhere(~ok)[0])
-        raise ValueError(
-            f"{name} must be multi-hot with values in {{0, 1}}, got {arr[r, c].item()!r} at index ({r}, {c})"
-        )
-    return arr == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +319,7 @@ class Partition:
             counts = as_class_counts(class_counts, self.num_classes).numpy()
         t = None
         if targets is not None:
-            t = _as_binary_matrix(targets, self.num_classes)
+            t = as_multi_hot(targets, "targets", self.num_classes)
             if counts is None:
                 counts = t.sum(axis=0).astype(np.float64)
         groups: list[tuple[str, int | None, tuple[int, ...]]] = [
@@ -452,7 +420,7 @@ class Partition:
         k = _as_int(k, "k")
         if not 0 <= k < self.num_subsets:
             raise ValueError(f"k must be a subset index in [0, {self.num_subsets - 1}], got {k}")
-        t = _as_binary_matrix(targets, self.num_classes)
+        t = as_multi_hot(targets, "targets", self.num_classes)
         columns = self.subsets[k]
         if images == "all":
             idx = np.arange(t.shape[0], dtype=np.int64)

@@ -28,6 +28,7 @@ __all__ = [
     "check_same_shape",
     "as_class_counts",
     "as_float_vector",
+    "as_multi_hot",
     "value_checks",
     "value_checks_enabled",
     "check_probability",
@@ -152,6 +153,36 @@ def as_float_vector(values: object, name: str) -> torch.Tensor:
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D (C,), one value per class, got shape {tuple(t.shape)}")
     return t
+
+
+def as_multi_hot(targets: object, name: str = "targets", num_classes: int | None = None) -> np.ndarray:
+    """An (N, C) multi-hot matrix (numpy or torch, any numeric or bool dtype) as a new numpy bool array.
+
+    ``TypeError`` for another type or a non-numeric dtype; ``ValueError`` for another shape than
+    (N, C) (with ``num_classes`` columns when given) or a value outside {0, 1}, naming its index.
+    """
+    if isinstance(targets, torch.Tensor):
+        t = targets.detach().to("cpu")
+        arr = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+    elif isinstance(targets, np.ndarray):
+        arr = targets
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch.Tensor (N, C), got {type(targets).__name__}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, C), got {arr.ndim}-D with shape {tuple(arr.shape)}")
+    if num_classes is not None and arr.shape[1] != num_classes:
+        raise ValueError(f"{name} must have num_classes={num_classes} columns, got shape {tuple(arr.shape)}")
+    if arr.dtype == np.bool_:
+        return arr.copy()
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be numeric or bool, got dtype {arr.dtype}")
+    ok = (arr == 0) | (arr == 1)
+    if not bool(ok.all()):
+        r, c = (int(x) for x in np.argwhere(~ok)[0])
+        raise ValueError(
+            f"{name} must be multi-hot with values in {{0, 1}}, got {arr[r, c].item()!r} at index ({r}, {c})"
+        )
+    return arr == 1
 
 
 def as_class_counts(

@@ -152,7 +152,7 @@ def test_class_without_positive_is_skipped_with_one_warning() -> None:
         (torch.zeros(0, 3), ValueError, "at least one image"),
         (torch.tensor([[1, 2], [0, 1]]), ValueError, r"multi-hot.*index \(0, 1\)"),
         (torch.tensor([[1.0, float("nan")]]), ValueError, "multi-hot"),
-        ([[1, 0], [0, 1]], TypeError, "torch.Tensor or numpy.ndarray"),
+        ([[1, 0], [0, 1]], TypeError, "numpy array or a torch.Tensor"),
         (np.array([["a", "b"]]), TypeError, "numeric or bool"),
     ],
 )
