@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
@@ -122,6 +123,7 @@ __all__ = [
     "OLTR_REPEL_WEIGHT",
     "OLTR_REACHABILITY_SCALE",
     "OLTR_COSINE_SCALE",
+    "OLTR_CENTROID_SGD",
     "OLTROutput",
     "ModulatedAttention",
     "OLTRHead",
@@ -144,6 +146,9 @@ OLTR_REPEL_WEIGHT = 0.01
 OLTR_REACHABILITY_SCALE = 10.0
 #: ``scale=16`` in ``models/CosNormClassifier.py``.
 OLTR_COSINE_SCALE = 16.0
+#: The centroids' own optimizer: ``criterions['FeatureLoss']['optim_params']`` in
+#: ``config/ImageNet_LT/stage_2_meta_embedding.py`` (SGD), used by ``run_networks.py``.
+OLTR_CENTROID_SGD = MappingProxyType({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4})
 
 _EPS = 1e-12
 

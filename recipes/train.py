@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from baselines import build_criterion
+from baselines.oltr import OLTR_CENTROID_SGD
 from baselines.resample import ClassAwareSampler, DistributedClassAwareSampler
 from recipes import engine
 from recipes.config import ConfigError, load_config
@@ -346,9 +347,10 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     criterion.to(device)
 
     crit_params = [p for p in criterion.parameters() if p.requires_grad]  # OLTR's centroids
-    params = list(model.parameters()) + crit_params
-    opt = torch.optim.Adam(params, lr=sched["lr"], weight_decay=sched["weight_decay"],
+    opt = torch.optim.Adam(model.parameters(), lr=sched["lr"], weight_decay=sched["weight_decay"],
                            **({"fused": True} if device.type == "cuda" else {}))
+    # the centroids have their own SGD, as in the official OLTR code (baselines.oltr.OLTR_CENTROID_SGD)
+    centroid_opt = torch.optim.SGD(crit_params, **OLTR_CENTROID_SGD) if crit_params else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
                                                          patience=sched["plateau_patience"], min_lr=sched["min_lr"])
     ddp_model = model
@@ -362,6 +364,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         state = engine.load_checkpoint(out_dir / "last.pt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if centroid_opt is not None:
+            centroid_opt.load_state_dict(state["centroid_optimizer"])
         plateau.load_state_dict(state["scheduler"])
         criterion.load_state_dict(state["criterion"])
         start_epoch, best_map = state["epoch"] + 1, state["best_map"]
@@ -400,6 +404,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {steps}; last good checkpoint: "
                                          f"{out_dir / 'last.pt' if (out_dir / 'last.pt').is_file() else 'none'}")
             opt.zero_grad(set_to_none=True)
+            if centroid_opt is not None:
+                centroid_opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:  # parameters of the loss are outside DDP: average their gradients by hand
                 for p in crit_params:
@@ -407,6 +413,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= world
             opt.step()
+            if centroid_opt is not None:
+                centroid_opt.step()
             total += float(loss.detach())
             steps += 1
             if r["max_steps_per_epoch"] and steps >= r["max_steps_per_epoch"]:
@@ -422,6 +430,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         best_map = max(best_map, score)
         if main:
             state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "centroid_optimizer": centroid_opt.state_dict() if centroid_opt is not None else {},
                      "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
                      "best_map": best_map, "config": json.loads(json.dumps(cfg, default=list)),
                      "class_names": cls_names, "rng_cpu": torch.get_rng_state()}

@@ -92,6 +92,8 @@ def test_sampler_ldam_and_oltr_two_stages(env: Path) -> None:
     res = _check_run_folder(Path(_run(env, "oltr2", "oltr2") and env / "oltr2"))
     state = torch.load(env / "oltr2" / "best.pt", weights_only=True)
     assert state["criterion"]["centroids"].abs().sum() > 0  # initialised from stage-1 class means
+    group = state["centroid_optimizer"]["param_groups"][0]  # the centroids' own SGD, as the official code
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.9, 5e-4)
     assert res["name"] == "oltr"
 
 
