@@ -137,3 +137,29 @@ def test_every_default_is_valid() -> None:
     cfg = load_config(None, None, [])
     assert cfg["schedule"]["lr"] == 1e-4 and cfg["method"]["kd"]["delta"] == 0.6
     assert cfg["method"]["kd"]["temperature"] == 10.0 and cfg["model"]["name"] == "resnet50"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatch) -> None:
+    import recipes.train as train
+
+    real_build = train.build_criterion
+
+    class NaNAfter(torch.nn.Module):
+        """The real criterion, then NaN from its 3rd call on (epoch 1, step 0 with 2 steps an epoch)."""
+
+        def __init__(self, base: torch.nn.Module) -> None:
+            super().__init__()
+            self.base, self.calls = base, 0
+
+        def forward(self, logits, targets, **kwargs):
+            self.calls += 1
+            loss = self.base(logits, targets, **kwargs)
+            return loss * float("nan") if self.calls >= 3 else loss
+
+    monkeypatch.setattr(train, "build_criterion", lambda *a, **k: NaNAfter(real_build(*a, **k)))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1 step 0; last good checkpoint: .*nan_run/last.pt"):
+        _run(env, "erm", "nan_run", "--set", "schedule.epochs=2")
+    state = torch.load(env / "nan_run" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (env / "nan_run" / "result.json").exists()
