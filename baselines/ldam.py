@@ -39,7 +39,7 @@ from rskd_loss.validation import (
 )
 
 from .bce import _bce_elementwise, _check_class_weight, _check_columns, _upcast
-from .reweight import REWEIGHT_MODES, _check_beta, _check_drw_epoch, _check_epoch, class_weights
+from .reweight import REWEIGHT_MODES, _check_beta, _check_drw_epoch, _check_epoch, _switch_drw, class_weights
 
 __all__ = ["ldam_margins", "ldam_loss", "LDAMLoss", "NormedLinear"]
 
@@ -216,12 +216,7 @@ class LDAMLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Switch the DRW weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
         self.epoch = _check_epoch(epoch, "epoch")
-        active = self.drw_epoch is not None and self.epoch >= self.drw_epoch
-        with torch.no_grad():
-            if active:
-                self.weight.copy_(self.target_weight)
-            else:
-                self.weight.fill_(1.0)
+        _switch_drw(self.weight, self.target_weight, self.drw_epoch is not None and self.epoch >= self.drw_epoch)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check_columns(logits, self.num_classes)

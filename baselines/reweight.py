@@ -73,6 +73,15 @@ def _check_drw_epoch(drw_epoch: object) -> int | None:
     return None if drw_epoch is None else _check_epoch(drw_epoch, "drw_epoch")
 
 
+def _switch_drw(weight: torch.Tensor, target_weight: torch.Tensor, active: bool) -> None:
+    """Set a DRW weight buffer in place: the class weights when re-weighting is active, else all ones."""
+    with torch.no_grad():
+        if active:
+            weight.copy_(target_weight)
+        else:
+            weight.fill_(1.0)
+
+
 def class_weights(class_counts: object, mode: str = "inverse", beta: float = 0.9999) -> torch.Tensor:
     r"""Per-class re-weighting factors, normalised so that they sum to C.
 
@@ -230,12 +239,7 @@ class ReweightedBCE(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Switch the weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
         self.epoch = _check_epoch(epoch, "epoch")
-        active = self.drw_epoch is None or self.epoch >= self.drw_epoch
-        with torch.no_grad():
-            if active:
-                self.weight.copy_(self.target_weight)
-            else:
-                self.weight.fill_(1.0)
+        _switch_drw(self.weight, self.target_weight, self.drw_epoch is None or self.epoch >= self.drw_epoch)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check_columns(logits, self.num_classes)
