@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 4,
         "preload": False,          # decode every image once into memory (small data sets, CPU demo)
         "augment": True,
+        "class_names": None,       # the expected label columns (None: every 0/1 column of the CSV)
+        "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
     },
     "model": {
         "name": "resnet50",        # any torchvision classification model, or small_cnn
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "weights_path": None,      # a local state_dict file for the backbone
         "width": 32,               # small_cnn only
         "head": "linear",          # linear | normed (cosine head, LDAM's s = 30 assumes it)
+        "norm": "batch",           # small_cnn only: batch | group (GroupNorm: no batch statistics)
     },
     "schedule": {
         "epochs": 100,
@@ -83,7 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": "auto",
         "compile": False,
         "deterministic": False,
-        "log_every": 50,
+        "sync_bn": False,          # torchrun on GPUs: SyncBatchNorm (batch statistics over all ranks)
+        "checkpoint_every": 0,     # also write last.pt every this many steps (0: at the end of each epoch only)
+        "log_every": 50,           # steps between host-device synchronisations (non-finite loss check)
         "max_steps_per_epoch": None,  # tests: stop an epoch after this many steps
     },
 }
@@ -198,7 +203,12 @@ def validate(cfg: Mapping) -> None:
         _check(_is_int(d[key]) and d[key] >= 1, f"data.{key}", "a positive int", d[key])
     _check(_is_int(d["num_workers"]) and d["num_workers"] >= 0, "data.num_workers", "an int >= 0",
            d["num_workers"])
+    cn = d["class_names"]
+    _check(cn is None or (isinstance(cn, (list, tuple)) and cn and all(isinstance(c, str) for c in cn)),
+           "data.class_names", "None or a non-empty list of column names", cn)
+    _check(isinstance(d["skip_bad_images"], bool), "data.skip_bad_images", "True or False", d["skip_bad_images"])
     _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
+    _check(m["norm"] in ("batch", "group"), "model.norm", "batch or group", m["norm"])
     _check(m["head"] in ("linear", "normed"), "model.head", "linear or normed", m["head"])
     _check(_is_int(s["epochs"]) and s["epochs"] >= 1, "schedule.epochs", "a positive int", s["epochs"])
     _check(_is_num(s["lr"]) and s["lr"] > 0, "schedule.lr", "a number > 0", s["lr"])
@@ -243,5 +253,9 @@ def validate(cfg: Mapping) -> None:
     _check(r["device"] in ("auto", "cpu", "cuda"), "run.device", "auto, cpu or cuda", r["device"])
     _check(r["amp"] in ("auto", "bf16", "none"), "run.amp", "auto, bf16 or none", r["amp"])
     _check(_is_int(r["seed"]), "run.seed", "an int", r["seed"])
+    _check(isinstance(r["sync_bn"], bool), "run.sync_bn", "True or False", r["sync_bn"])
+    for key in ("checkpoint_every",):
+        _check(_is_int(r[key]) and r[key] >= 0, f"run.{key}", "an int >= 0", r[key])
+    _check(_is_int(r["log_every"]) and r["log_every"] >= 1, "run.log_every", "an int >= 1", r["log_every"])
     msps = r["max_steps_per_epoch"]
     _check(msps is None or (_is_int(msps) and msps >= 1), "run.max_steps_per_epoch", "None or an int >= 1", msps)

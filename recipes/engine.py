@@ -2,9 +2,12 @@
 on-device batch augmentation, prediction, checkpoints (atomic, ``weights_only``-loadable) and logs."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
+import signal
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -79,9 +82,44 @@ def nan_to_none(values: Iterable[float]) -> list[float | None]:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, fsync, rename. Only tensors and plain values go in, so the
-    file loads with ``torch.load(weights_only=True)``."""
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+    file loads with ``torch.load(weights_only=True)``. A process killed while writing leaves the old
+    file intact and at most a hidden ``.NAME.*.tmp`` beside it (:func:`remove_stale_temporaries`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "xb") as f:
+        f.write(data[: len(data) // 2])
+        fault_point("save")  # tests: a kill in the middle of a checkpoint write
+        f.write(data[len(data) // 2:])
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the hidden ``.*.tmp`` files a killed writer left in ``folder``; returns their names."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
+    for name in stale:
+        os.unlink(os.path.join(folder, name))
+    return stale
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability tests: ``RSKD_FAULT=NAME:N`` SIGKILLs this process at the
+    N-th time (1-based) it passes the point ``NAME`` ("step": before a training step; "save": in the
+    middle of a checkpoint write). Without the variable this does nothing."""
+    spec = os.environ.get("RSKD_FAULT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(count):
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -144,8 +182,8 @@ class Preloaded(Dataset):
     (:class:`BatchAugment`).
     """
 
-    def __init__(self, base: Any, size: int, cache_file: str | os.PathLike) -> None:
-        images = _decoded_images(base, size, cache_file)
+    def __init__(self, base: Any, size: int, cache_file: str | os.PathLike, skip_rows: Sequence[int] = ()) -> None:
+        images = _decoded_images(base, size, cache_file, skip_rows)
         rows = np.asarray(base.indices, dtype=np.int64)
         self.images = torch.from_numpy(np.ascontiguousarray(images[rows]))
         self.targets = torch.from_numpy(np.asarray(base.targets, dtype=np.float32))
@@ -158,19 +196,30 @@ class Preloaded(Dataset):
         return self.images[i], self.targets[i], int(self.indices[i])
 
 
-def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike) -> np.ndarray:
-    """(num CSV rows, 3, size, size) uint8 images of every row of ``base``'s CSV, from or into the cache."""
+def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike, skip_rows: Sequence[int] = ()) -> np.ndarray:
+    """(num CSV rows, 3, size, size) uint8 images of every row of ``base``'s CSV, from or into the cache.
+
+    Rows in ``skip_rows`` (unreadable images the run skips, ``data.skip_bad_images``) stay black; a
+    cache written with skipped rows is named after them, so it never serves another set of rows.
+    """
+    skip = sorted(int(r) for r in skip_rows)
+    if skip:
+        tag = hashlib.sha256(",".join(map(str, skip)).encode()).hexdigest()[:12]
+        cache_file = os.fspath(cache_file).replace(".npy", f"_skip{len(skip)}_{tag}.npy")
     if os.path.isfile(cache_file):
         return np.load(cache_file, mmap_mode="r")
-    from torchvision.transforms import v2
-
     from recipes.data import MultiLabelCSVDataset
+    from recipes.data.transforms import uint8_transform
 
-    resize = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    resize = uint8_transform(size)
     everything = MultiLabelCSVDataset(base.csv_path, base.image_dir, image_suffix=base.image_suffix,
                                       transform=resize, empty_classes="ignore")
     out = np.empty((len(everything), 3, size, size), dtype=np.uint8)
+    out[skip] = 0
+    skip_set = set(skip)
     for i in range(len(everything)):
+        if i in skip_set:
+            continue
         img, _, row = everything[i]
         out[row] = np.asarray(img)
     with atomic_path(cache_file) as tmp, open(tmp, "xb") as f:
@@ -195,34 +244,127 @@ class View(Dataset):
         return img, (y if self.columns is None else y[self.columns]), idx
 
 
-class BatchAugment(nn.Module):
-    """uint8 (B, 3, H, W) on the device -> float, augmented (train) and ImageNet-normalised.
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
-    Training: per-sample horizontal and vertical flips (p = 0.5 each; left and right eyes are mirror
-    images) and brightness / contrast jitter of +-20 % (the mild colour jitter of
-    ``recipes/data/transforms.py``). Already-float inputs (the streaming path, augmented on the CPU by
-    ``train_transform``) pass through unchanged.
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser (Steele, Lea & Flood 2014) on uint64 arrays: a well-mixed 64-bit hash."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_uniforms(seed: int, epoch: int, positions: Sequence[int] | np.ndarray | torch.Tensor,
+                   n: int) -> torch.Tensor:
+    """(B, n) float32 uniforms in [0, 1), a pure function of (seed, epoch, position, column).
+
+    The random choices of the training augmentation are drawn from here, keyed by the sample's position
+    in the epoch's global sample sequence, instead of from a random-number stream: an interrupted and
+    resumed run, a run on 1 process and on 8, and a run with 0 or 16 loader workers all augment every
+    sample identically.
+    """
+    with np.errstate(over="ignore"):
+        pos = np.asarray(positions, dtype=np.int64).astype(np.uint64).reshape(-1, 1)
+        key = _splitmix64(np.uint64(seed) * _SPLITMIX_GAMMA + np.uint64(epoch))
+        z = _splitmix64(key ^ _splitmix64(pos * np.uint64(n) + np.arange(n, dtype=np.uint64) + _SPLITMIX_GAMMA))
+    return torch.from_numpy(((z >> np.uint64(40)).astype(np.float64) / 2.0 ** 24).astype(np.float32))
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Wraps a per-epoch deterministic sampler (``set_epoch``) so an epoch can start at a position.
+
+    ``set_epoch(epoch, start)`` selects the epoch and drops its first ``start`` indices (this rank's
+    share), i.e. the batches a resumed run has already trained on; the next epoch starts at 0 again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Any) -> None:
+        self.sampler, self.start = sampler, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if start < 0 or start > len(self.sampler):
+            raise ValueError(f"start must be in [0, {len(self.sampler)}], got {start}")
+        self.sampler.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for _ in range(self.start):
+            next(it)
+        return it
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
+class BatchAugment(nn.Module):
+    """uint8 (B, 3, H, W) images on the device -> float (B, 3, size, size), augmented (train) and normalised.
+
+    The whole training augmentation runs batched on the device, so the CPU only decodes and resizes
+    (issue 7: CPU augmentation starves a GPU). Per sample, with the uniforms ``rand`` (B, 10):
+
+    * random resized crop: area fraction ``s ~ U(scale)``, aspect ``r ~ logU(ratio)``, crop of
+      ``w = sqrt(s r)`` x ``h = sqrt(s / r)`` of the image (clipped to 1) at a uniform position;
+    * horizontal and vertical flips (p = 0.5 each; left and right eyes are mirror images);
+    * rotation by ``U(-degrees, degrees)``, black fill (the background of a fundus photograph);
+    * brightness, contrast and saturation factors ``U(1 - b, 1 + b)`` (torchvision's ``ColorJitter``
+      formulas: scale; blend with the image's mean grey; blend with the per-pixel grey).
+
+    Crop, flips and rotation are one affine map per sample, sampled bilinearly (``affine_grid`` +
+    ``grid_sample``): output pixel ``p`` (normalised to [-1, 1]) reads the input at
+    ``R(theta) diag(w f_x, h f_y) p + c``. Defaults: the CPU pipeline of ``recipes/data/transforms.py``
+    (``train_transform``), hue jitter left out. Evaluation (``train=False``) only converts and
+    normalises (the loader already resized and centre-cropped). ``rand=None`` draws from torch's
+    generator (not reproducible across world sizes; the recipes pass :func:`keyed_uniforms`).
+    """
+
+    NUM_RANDOM = 10
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (0.9, 1.1),
+                 degrees: float = 15.0, brightness: float = 0.2, contrast: float = 0.2,
+                 saturation: float = 0.1) -> None:
         super().__init__()
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {ratio}")
+        self.size, self.scale, self.degrees = int(size), scale, float(degrees)
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.jitter = (float(brightness), float(contrast), float(saturation))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("grey", torch.tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        if x.dtype != torch.uint8:
-            return x
+    def forward(self, x: torch.Tensor, train: bool, rand: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise TypeError(f"BatchAugment expects uint8 images (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
         x = x.float().div_(255.0)
         if train:
             b = x.shape[0]
-            rand = torch.rand(b, 4, device=x.device, generator=generator)
-            x = torch.where((rand[:, 0] < 0.5).view(b, 1, 1, 1), x.flip(3), x)
-            x = torch.where((rand[:, 1] < 0.5).view(b, 1, 1, 1), x.flip(2), x)
-            brightness = (0.8 + 0.4 * rand[:, 2]).view(b, 1, 1, 1)
-            contrast = (0.8 + 0.4 * rand[:, 3]).view(b, 1, 1, 1)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x * brightness - mean) * contrast + mean).clamp_(0.0, 1.0)
+            if rand is None:
+                rand = torch.rand(b, self.NUM_RANDOM, device=x.device)
+            if rand.shape != (b, self.NUM_RANDOM):
+                raise ValueError(f"rand must have shape ({b}, {self.NUM_RANDOM}), got {tuple(rand.shape)}")
+            u = rand.to(x.device, torch.float32).unbind(1)
+            area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+            aspect = torch.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * u[1])
+            w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+            cx, cy = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h)
+            fx, fy = torch.where(u[4] < 0.5, -1.0, 1.0), torch.where(u[5] < 0.5, -1.0, 1.0)
+            angle = math.radians(self.degrees) * (2 * u[6] - 1)
+            cos, sin = angle.cos(), angle.sin()
+            theta = torch.stack([torch.stack([w * fx * cos, -h * fy * sin, cx], 1),
+                                 torch.stack([w * fx * sin, h * fy * cos, cy], 1)], 1)
+            grid = nn.functional.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
+            x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            bri, con, sat = self.jitter
+            x = (x * (1 - bri + 2 * bri * u[7]).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
+            level = (x * self.grey).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+            x = ((x - level) * (1 - con + 2 * con * u[8]).view(b, 1, 1, 1) + level).clamp_(0.0, 1.0)
+            grey = (x * self.grey).sum(1, keepdim=True)
+            x = ((x - grey) * (1 - sat + 2 * sat * u[9]).view(b, 1, 1, 1) + grey).clamp_(0.0, 1.0)
+        elif x.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"evaluation images must be {self.size} x {self.size}, got {tuple(x.shape[-2:])}")
         return (x - self.mean) / self.std
 
 

@@ -23,12 +23,18 @@ class ModelError(ValueError):
     """A model cannot be built as configured (the message says what to change)."""
 
 
-def small_cnn_backbone(width: int = 32) -> nn.Module:
-    """Four 3x3 conv + BN + ReLU blocks, each halving the resolution: a (B, 4*width, H/16, W/16) map."""
+def small_cnn_backbone(width: int = 32, norm: str = "batch") -> nn.Module:
+    """Four 3x3 conv + norm + ReLU blocks, each halving the resolution: a (B, 4*width, H/16, W/16) map.
+
+    ``norm``: "batch" (BatchNorm) or "group" (GroupNorm with 4 groups: no batch statistics, so one
+    process and several give the same model, which the reliability tests use).
+    """
+    if norm not in ("batch", "group"):
+        raise ModelError(f"model.norm must be 'batch' or 'group', got {norm!r}")
     layers: list[nn.Module] = []
     c_in = 3
     for c_out in (width, 2 * width, 4 * width, 4 * width):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(4, c_out),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         c_in = c_out
     return nn.Sequential(*layers)
@@ -100,7 +106,8 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
     """Build the configured model with ``num_classes`` outputs (see the module docstring)."""
     name = model_cfg["name"]
     if name == "small_cnn":
-        backbone, feat, spatial = small_cnn_backbone(int(model_cfg.get("width", 32))), 4 * int(model_cfg.get("width", 32)), True
+        width = int(model_cfg.get("width", 32))
+        backbone, feat, spatial = small_cnn_backbone(width, model_cfg.get("norm", "batch")), 4 * width, True
         stride = 16
     else:
         backbone, feat, spatial = _torchvision_backbone(name, bool(model_cfg.get("pretrained")),

@@ -38,13 +38,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from baselines import build_criterion
 from baselines.oltr import OLTR_CENTROID_SGD
-from baselines.resample import ClassAwareSampler, DistributedClassAwareSampler
+from baselines.resample import DistributedClassAwareSampler
 from recipes import engine
 from recipes.config import ConfigError, load_config
 from recipes.models import build_model
 from rskd_loss import (Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, WeightedSubsetKDLoss,
                        file_sha256)
 from rskd_loss.metrics import average_precision_per_class, group_map
+from rskd_loss.validation import value_checks
 
 CHECKPOINT_VERSION = 1
 
@@ -64,13 +65,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------- data
 
 def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
-    """Locate (or generate) the data set, load the fold's splits; returns paths, names, fold rows."""
-    from recipes.data import read_label_csv, splits_for_csv
+    """Locate (or generate) the data set, load the fold's splits; returns paths, names, fold rows.
+
+    ``data.class_names`` pins the label columns (a CSV without one of them is refused, naming it);
+    ``data.skip_bad_images`` decodes every image once on rank 0 and leaves out the rows whose image is
+    missing or undecodable, with the count printed and kept in ``result.json`` (otherwise such a row
+    is an error naming the file and CSV line).
+    """
+    from recipes.data import MultiLabelCSVDataset, find_bad_images, read_label_csv, splits_for_csv
 
     d = cfg["data"]
     root = Path(d["root"])
     csv = root / d["csv"]
     image_dir = root / d["image_dir"] if d["image_dir"] else root
+    bad: list = []
     if engine.is_main(rank):
         if d["dataset"] == "synthetic" and not csv.is_file():
             from recipes.data import generate_synthetic
@@ -82,50 +90,77 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
 
             write_rfmid_merged_csv(root, csv, variant=d["rfmid_variant"])
         splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
+        if d["skip_bad_images"]:
+            everything = MultiLabelCSVDataset(csv, image_dir, image_suffix=d["image_suffix"],
+                                              class_names=d["class_names"], check_images=False,
+                                              empty_classes="ignore")
+            bad = [(b.row, b.line, str(b.path), b.reason) for b in find_bad_images(everything, d["num_workers"])]
+    bad = engine.broadcast_object(bad, world)
     engine.barrier(world)
     splits = splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
     fold = splits[d["fold"] if d["scheme"] == "kfold" else 0]
-    table = read_label_csv(csv)
+    table = read_label_csv(csv, class_names=d["class_names"])
     targets = np.asarray(table.targets)
-    return {"csv": csv, "image_dir": image_dir, "class_names": tuple(table.class_names), "fold": fold,
-            "train_counts": targets[fold.train].sum(0).astype(np.int64), "train_targets": targets[fold.train],
-            "num_rows": targets.shape[0]}
+    bad_rows = np.asarray(sorted(b[0] for b in bad), dtype=np.int64)
+    rows = {part: (lambda r: r[~np.isin(r, bad_rows)])(np.asarray(fold.part(part), dtype=np.int64))
+            for part in ("train", "val", "test")}
+    skipped = None
+    if d["skip_bad_images"]:
+        skipped = {"count": len(bad), **{part: int(len(fold.part(part)) - len(r)) for part, r in rows.items()},
+                   "files": [{"line": line, "path": path, "reason": why} for _, line, path, why in bad[:50]]}
+        if engine.is_main(rank) and bad:
+            print(f"data.skip_bad_images: skipping {len(bad)} unreadable image(s) (train {skipped['train']}, "
+                  f"val {skipped['val']}, test {skipped['test']}); first: line {bad[0][1]} {bad[0][2]}: "
+                  f"{bad[0][3]}", file=sys.stderr, flush=True)
+    return {"csv": csv, "image_dir": image_dir, "class_names": tuple(table.class_names), "rows": rows,
+            "fold_id": d["fold"], "train_counts": targets[rows["train"]].sum(0).astype(np.int64),
+            "train_targets": targets[rows["train"]], "num_rows": targets.shape[0], "bad_rows": bad_rows,
+            "skipped": skipped}
 
 
-def make_dataset(cfg: Mapping, data: Mapping, part: str, train_aug: bool):
-    from recipes.data import MultiLabelCSVDataset, eval_transform, train_transform
+def make_dataset(cfg: Mapping, data: Mapping, part: str):
+    """The fold's ``part`` rows as uint8 (3, size, size) images; augmentation runs on the device."""
+    from recipes.data import MultiLabelCSVDataset
+    from recipes.data.transforms import uint8_transform
 
     d = cfg["data"]
     size = d["image_size"]
-    if d["preload"]:
-        transform = None
-    else:
-        transform = train_transform(size) if (train_aug and d["augment"]) else eval_transform(size)
+    rows = data["rows"][part]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes without positives in a split: reported by the metrics
         ds = MultiLabelCSVDataset(data["csv"], data["image_dir"], image_suffix=d["image_suffix"],
-                                  transform=transform, indices=data["fold"].part(part))
+                                  class_names=data["class_names"], indices=rows,
+                                  transform=None if d["preload"] else uint8_transform(size))
     if not d["preload"]:
         return ds
     cache = Path(d["root"]) / ".cache" / f"decoded_{size}px_{file_sha256(data['csv'])[:16]}.npy"
-    return engine.Preloaded(ds, size, cache)
+    return engine.Preloaded(ds, size, cache, skip_rows=data["bad_rows"])
 
 
 def make_loader(cfg: Mapping, ds, *, train: bool, world: int, rank: int, sampler_kind: str | None = None,
                 targets: np.ndarray | None = None, seed: int = 0) -> DataLoader:
+    """A loader whose training order is a pure function of (seed, epoch), shared by every world size.
+
+    Training: each rank takes every ``world``-th position of one shared per-epoch sequence (a shuffle,
+    or the class-aware draw), wrapped in :class:`engine.ResumableSampler` so that a resumed epoch can
+    start at the step where the run stopped. Evaluation: in order (one shard per rank under torchrun).
+    """
     d = cfg["data"]
     sampler = None
-    if train and sampler_kind == "class_aware":
-        ns = cfg["method"]["num_samples_cls"]
-        sampler = (DistributedClassAwareSampler(targets, num_replicas=world, rank=rank, num_samples_cls=ns, seed=seed)
-                   if world > 1 else ClassAwareSampler(targets, num_samples_cls=ns, seed=seed))
+    if train:
+        if sampler_kind == "class_aware":
+            sampler = DistributedClassAwareSampler(targets, num_replicas=world, rank=rank,
+                                                   num_samples_cls=cfg["method"]["num_samples_cls"], seed=seed)
+        else:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = engine.ResumableSampler(sampler)
     elif world > 1:
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=seed)
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
     workers = d["num_workers"]
-    return DataLoader(ds, batch_size=d["batch_size"] if train else d["eval_batch_size"],
-                      shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=train and len(ds) > d["batch_size"],
-                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(ds, batch_size=d["batch_size"] if train else d["eval_batch_size"], sampler=sampler,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      drop_last=train and len(sampler) > d["batch_size"], persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None)
 
 
 # ----------------------------------------------------------------------------- partition
@@ -228,7 +263,7 @@ def build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, ran
     """
     tdir = Path(cfg["method"]["teachers_dir"])
     path = tdir / f"bank_train_{cfg['data']['image_size']}px.rskd"
-    fold_rows = data["fold"].train
+    fold_rows = data["rows"]["train"]
     dataset_id = f"{file_sha256(data['csv'])}:fold{cfg['data']['fold']}:{len(fold_rows)}"
     check = dict(num_samples=len(fold_rows), class_names=data["class_names"], partition=partition,
                  dataset=dataset_id, teacher_hashes=hashes)
@@ -237,14 +272,14 @@ def build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, ran
             TeacherLogitBank(path, **check)
         except (FileNotFoundError, ValueError) as why:
             print(f"building teacher-logit bank {path} ({why.__class__.__name__}: {str(why)[:100]})", flush=True)
-            plain = engine.View(make_dataset(cfg, data, "train", False))
+            plain = engine.View(make_dataset(cfg, data, "train"))
             loader = _BankLoader(DataLoader(plain, batch_size=cfg["data"]["eval_batch_size"], shuffle=False,
                                             num_workers=cfg["data"]["num_workers"]), fold_rows, augment, device)
             TeacherLogitBank.from_teachers(path, teachers, loader, len(fold_rows), class_names=data["class_names"],
                                            partition=partition, device=device, teacher_hashes=hashes,
                                            dataset=dataset_id, autocast_dtype=torch.bfloat16 if amp else None)
     engine.barrier(world)
-    bank = TeacherLogitBank(path, **check).to(device)
+    bank = TeacherLogitBank(path, **check)
     lookup = np.full(data["num_rows"], -1, dtype=np.int64)
     lookup[fold_rows] = np.arange(len(fold_rows))
     return bank, lookup
@@ -263,6 +298,50 @@ class _BankLoader:
             yield x, y, torch.tensor([self.row_of[int(i)] for i in idx])
 
 
+# keys that may change between a run and its --resume: they do not change what is computed
+RESUME_FREE_KEYS = ("run.out_dir", "schedule.epochs", "data.num_workers", "data.eval_batch_size", "data.root",
+                    "run.log_every", "run.checkpoint_every", "data.skip_bad_images")
+
+
+def config_differences(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    """``key (saved X, now Y)`` for every leaf that differs between two configs, except RESUME_FREE_KEYS."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        where, a, b = f"{prefix}{key}", saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, where + ".")
+        elif where not in RESUME_FREE_KEYS and json.dumps(a, default=list) != json.dumps(b, default=list):
+            out.append(f"{where} (saved {a!r}, now {b!r})")
+    return out
+
+
+def _resume_state(out_dir: Path, cfg: Mapping) -> dict | None:
+    """last.pt of the run folder if it exists and was written with the same config; else None / error."""
+    if not (out_dir / "last.pt").is_file():
+        return None  # --resume without a checkpoint starts afresh
+    state = engine.load_checkpoint(out_dir / "last.pt")
+    diff = config_differences(state["config"], json.loads(json.dumps(cfg, default=list)))
+    if diff:
+        raise ConfigError(f"--resume: {out_dir / 'last.pt'} was written with another config; differing keys: "
+                          f"{'; '.join(diff)}. Resume with the same config, or start a new run in another "
+                          f"--out-dir")
+    return state
+
+
+def _truncate_metrics(path: Path, before_epoch: int) -> None:
+    """Keep the complete metrics.jsonl lines of epochs < ``before_epoch`` (a resumed run rewrites the rest)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] < before_epoch:
+                keep.append(line)
+        except (ValueError, KeyError):  # a line cut by a kill
+            pass
+    engine.atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
 def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     rank, world, device = engine.setup_distributed(cfg["run"]["device"])
     main = engine.is_main(rank)
@@ -270,11 +349,14 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     seed_everything(r["seed"] + rank, r["deterministic"])
     amp = device.type == "cuda" and r["amp"] in ("auto", "bf16")
     channels_last = r["channels_last"] in ("auto", True)  # faster on GPU and, measured, on CPU too
+    saved = _resume_state(out_dir, cfg) if resume else None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        stale = engine.remove_stale_temporaries(out_dir)
+        if stale:
+            print(f"removed {len(stale)} partly written file(s) of a killed run: {stale}", file=sys.stderr)
         engine.atomic_write_json(out_dir / "config.json", cfg)
     started = time.time()
-    resume = resume and (out_dir / "last.pt").is_file()  # --resume without a checkpoint starts afresh
 
     data = prepare_data(cfg, rank, world)
     names, counts = data["class_names"], data["train_counts"]
@@ -299,9 +381,9 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         train_targets = train_targets[train_positions]
 
     view_columns = columns if stage == "teacher" else None  # a teacher sees its subset's columns only
-    train_ds = engine.View(make_dataset(cfg, data, "train", True), train_positions, view_columns)
-    val_ds = engine.View(make_dataset(cfg, data, "val", False), None, view_columns)
-    test_ds = engine.View(make_dataset(cfg, data, "test", False), None, view_columns)
+    train_ds = engine.View(make_dataset(cfg, data, "train"), train_positions, view_columns)
+    val_ds = engine.View(make_dataset(cfg, data, "val"), None, view_columns)
+    test_ds = engine.View(make_dataset(cfg, data, "test"), None, view_columns)
     train_loader = make_loader(cfg, train_ds, train=True, world=world, rank=rank, sampler_kind=meth["sampler"],
                                targets=train_targets, seed=r["seed"])
     val_loader = make_loader(cfg, val_ds, train=False, world=world, rank=rank)
@@ -317,22 +399,24 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         ccfg.setdefault("stage", oltr)
     base = build_criterion(ccfg, class_counts=counts_for_criterion(cls_counts, cls_names, ccfg["name"]),
                            num_images=len(train_targets))
-    if meth["init_from"] and not resume:
+    if meth["init_from"] and saved is None:
         model.load_state_dict(engine.load_checkpoint(Path(meth["init_from"]) / "best.pt")["model"])
     model.to(device)
-    augment = engine.BatchAugment().to(device)
+    augment = engine.BatchAugment(cfg["data"]["image_size"]).to(device)
     if oltr == 2:
-        if meth["init_from"] and not resume:  # centroids = class means of stage-1 direct features
-            plain = make_loader(cfg, engine.View(make_dataset(cfg, data, "train", False), train_positions,
+        if meth["init_from"] and saved is None:  # centroids = class means of stage-1 direct features
+            plain = make_loader(cfg, engine.View(make_dataset(cfg, data, "train"), train_positions,
                                                  view_columns), train=False, world=world, rank=rank)
             feats = engine.predict(model, plain, device, augment, amp, world, features=True)
             base.init_centroids(torch.from_numpy(feats["features"]), torch.from_numpy(feats["targets"]))
         model.head = model.head.to_stage2(feature_size=oltr_feature_size(cfg))
         model.to(device)
+    if r["sync_bn"] and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    teachers = bank = lookup = None
+    teachers = bank_table = lookup = None
     teacher_ap = None
     criterion: nn.Module = base
     if stage == "student":
@@ -343,12 +427,13 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         teacher_val = engine.predict(teachers, val_loader, device, augment, amp, world)
         teacher_ap = average_precision_per_class(teacher_val["logits"], teacher_val["targets"])
         if meth["teacher_mode"] == "bank":
-            bank, lookup = build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, rank, world)
+            bank, bank_rows = build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, rank, world)
+            bank_table, lookup = bank.table(device), torch.from_numpy(bank_rows).to(device)
     criterion.to(device)
 
     crit_params = [p for p in criterion.parameters() if p.requires_grad]  # OLTR's centroids
     opt = torch.optim.Adam(model.parameters(), lr=sched["lr"], weight_decay=sched["weight_decay"],
-                           **({"fused": True} if device.type == "cuda" else {}))
+                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     # the centroids have their own SGD, as in the official OLTR code (baselines.oltr.OLTR_CENTROID_SGD)
     centroid_opt = torch.optim.SGD(crit_params, **OLTR_CENTROID_SGD) if crit_params else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
@@ -359,66 +444,119 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     if r["compile"]:
         ddp_model = torch.compile(ddp_model)
 
-    start_epoch, best_map = 0, -np.inf
-    if resume:
-        state = engine.load_checkpoint(out_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    def checkpoint(epoch: int, step: int, best: float, loss_sum: torch.Tensor) -> dict:
+        """Everything a resumed run needs to continue exactly (``step`` batches of ``epoch`` done)."""
+        return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "centroid_optimizer": centroid_opt.state_dict() if centroid_opt is not None else {},
+                "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
+                "step": step, "best_map": best, "loss_sum": loss_sum.detach().double().cpu(),
+                "config": json.loads(json.dumps(cfg, default=list)), "class_names": cls_names,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0)}
+
+    start_epoch, start_step, best_map = 0, 0, -np.inf
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
         if centroid_opt is not None:
-            centroid_opt.load_state_dict(state["centroid_optimizer"])
-        plateau.load_state_dict(state["scheduler"])
-        criterion.load_state_dict(state["criterion"])
-        start_epoch, best_map = state["epoch"] + 1, state["best_map"]
-        torch.set_rng_state(state["rng_cpu"])
+            centroid_opt.load_state_dict(saved["centroid_optimizer"])
+        plateau.load_state_dict(saved["scheduler"])
+        criterion.load_state_dict(saved["criterion"])
+        best_map = saved["best_map"]
+        if saved.get("step", 0) > 0:  # written in the middle of an epoch
+            start_epoch, start_step = saved["epoch"], saved["step"]
+            loss_sum = saved["loss_sum"].to(device)
+        else:
+            start_epoch = saved["epoch"] + 1
+        torch.set_rng_state(saved["rng_cpu"])
+        if device.type == "cuda" and saved["rng_cuda"].numel():
+            torch.cuda.set_rng_state(saved["rng_cuda"], device)
         if main:
-            print(f"resumed from {out_dir / 'last.pt'} at epoch {start_epoch}", flush=True)
+            _truncate_metrics(out_dir / "metrics.jsonl", start_epoch)
+            print(f"resumed from {out_dir / 'last.pt'} at epoch {start_epoch} step {start_step}", flush=True)
 
     tb = engine.TensorBoard(out_dir if main else None)
     centroids = (lambda: base.centroids) if oltr == 2 else (lambda: None)
+    per_rank_batch = cfg["data"]["batch_size"]
+
+    def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+        """One host-device synchronisation per ``run.log_every`` steps: stop on a non-finite loss."""
+        if world > 1:  # every rank stops together
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MAX)
+        step = int(first_bad)
+        if step >= 0:
+            good = out_dir / "last.pt"
+            raise FloatingPointError(f"loss is not finite (nan or inf) at epoch {epoch} step {step}; last good "
+                                     f"checkpoint: {good if good.is_file() else 'none'} (not overwritten)")
+
     for epoch in range(start_epoch, sched["epochs"]):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        steps = start_step if epoch == start_epoch else 0
+        if epoch != start_epoch:
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        train_loader.sampler.set_epoch(epoch, start=steps * per_rank_batch)
         if hasattr(base, "set_epoch"):
             base.set_epoch(epoch)
         t0 = time.time()
         ddp_model.train()
         if teachers is not None:
             teachers.train()  # stays in eval: SubsetTeachers is frozen
-        total, steps = 0.0, 0
-        for x, y, idx in engine.progress(train_loader, main, f"{meth['name']} {epoch + 1}/{sched['epochs']}"):
-            x = augment(x.to(device, non_blocking=True), train=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                c = centroids()
-                out = ddp_model(x, centroids=c) if c is not None else ddp_model(x)
-            logits = engine.logits_of(out).float()
-            kwargs = {"features": out.features.float()} if oltr else {}
-            if stage == "student":
-                t_logits = bank[torch.from_numpy(lookup[idx.numpy()])] if bank is not None else teachers(x).float()
-                loss = criterion(logits, y, t_logits, **kwargs)
-            else:
-                loss = criterion(logits, y, **kwargs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {steps}; last good checkpoint: "
-                                         f"{out_dir / 'last.pt' if (out_dir / 'last.pt').is_file() else 'none'}")
-            opt.zero_grad(set_to_none=True)
-            if centroid_opt is not None:
-                centroid_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:  # parameters of the loss are outside DDP: average their gradients by hand
-                for p in crit_params:
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= world
-            opt.step()
-            if centroid_opt is not None:
-                centroid_opt.step()
-            total += float(loss.detach())
-            steps += 1
-            if r["max_steps_per_epoch"] and steps >= r["max_steps_per_epoch"]:
-                break
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        # the data were checked when read: no per-step value check (each one a host-device sync)
+        with value_checks(False):
+            for x, y, idx in engine.progress(train_loader, main, f"{meth['name']} {epoch + 1}/{sched['epochs']}"):
+                if r["max_steps_per_epoch"] and steps >= r["max_steps_per_epoch"]:
+                    break
+                engine.fault_point("step")
+                # the sample's position in the epoch's global sequence keys its augmentation (any world size)
+                positions = (steps * per_rank_batch + np.arange(len(idx))) * world + rank
+                rand = engine.keyed_uniforms(r["seed"], epoch, positions, augment.NUM_RANDOM)
+                x = augment(x.to(device, non_blocking=True), train=cfg["data"]["augment"],
+                            rand=rand.to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    c = centroids()
+                    out = ddp_model(x, centroids=c) if c is not None else ddp_model(x)
+                logits = engine.logits_of(out).float()
+                kwargs = {"features": out.features.float()} if oltr else {}
+                if stage == "student":
+                    if bank_table is not None:
+                        t_logits = bank_table[lookup[idx.to(device, non_blocking=True)]].float()
+                    else:
+                        t_logits = teachers(x).float()
+                    loss = criterion(logits, y, t_logits, **kwargs)
+                else:
+                    loss = criterion(logits, y, **kwargs)
+                loss_d = loss.detach()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_d), steps, first_bad)
+                opt.zero_grad(set_to_none=True)
+                if centroid_opt is not None:
+                    centroid_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if world > 1:  # parameters of the loss are outside DDP: average their gradients by hand
+                    for p in crit_params:
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= world
+                opt.step()
+                if centroid_opt is not None:
+                    centroid_opt.step()
+                loss_sum += loss_d
+                steps += 1
+                if steps % r["log_every"] == 0:
+                    check_finite(first_bad, epoch)
+                if r["checkpoint_every"] and steps % r["checkpoint_every"] == 0:
+                    check_finite(first_bad, epoch)
+                    if main:
+                        engine.atomic_torch_save(checkpoint(epoch, steps, best_map, loss_sum), out_dir / "last.pt")
+                    engine.barrier(world)
+        check_finite(first_bad, epoch)
+        if world > 1:  # the logged training loss is the mean over every rank's batches
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= world
+        train_loss = float(loss_sum) / max(steps, 1)
         val = evaluate(model, val_loader, device, augment, amp, world, centroids=centroids())
         val_map = summarize(val["ap"], cls_counts, thresholds)
         plateau.step(val["loss"])
@@ -429,21 +567,17 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         improved = score > best_map or not (out_dir / "best.pt").is_file()
         best_map = max(best_map, score)
         if main:
-            state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "centroid_optimizer": centroid_opt.state_dict() if centroid_opt is not None else {},
-                     "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
-                     "best_map": best_map, "config": json.loads(json.dumps(cfg, default=list)),
-                     "class_names": cls_names, "rng_cpu": torch.get_rng_state()}
-            engine.atomic_torch_save(state, out_dir / "last.pt")
-            if improved:
-                engine.atomic_torch_save(state, out_dir / "best.pt")
-            line = {"epoch": epoch, "train_loss": total / max(steps, 1), "val_loss": val["loss"],
+            line = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                     "val_map": val_map, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
             if weights is not None:
                 line["kd_weights"] = weights
             engine.append_jsonl(out_dir / "metrics.jsonl", line)
+            state = checkpoint(epoch, 0, best_map, loss_sum)
+            if improved:  # best.pt before last.pt: a kill in between redoes this epoch, identically
+                engine.atomic_torch_save(state, out_dir / "best.pt")
+            engine.atomic_torch_save(state, out_dir / "last.pt")
             tb.log(line, epoch)
-            print(f"[{meth['name']}] epoch {epoch + 1}/{sched['epochs']} loss {line['train_loss']:.4f} "
+            print(f"[{meth['name']}] epoch {epoch + 1}/{sched['epochs']} loss {train_loss:.4f} "
                   f"val loss {val['loss']:.4f} val mAP {100 * val_map['total']:.2f} ({line['seconds']:.1f}s)",
                   flush=True)
         engine.barrier(world)
@@ -465,6 +599,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
               "world_size": world, "device": str(device)}
     if teacher_ap is not None:
         result["teacher_val_ap"] = engine.nan_to_none(teacher_ap)
+    if data["skipped"] is not None:
+        result["skipped_images"] = data["skipped"]
     result["test"]["map"] = {k: (None if v != v else v) for k, v in result["test"]["map"].items()}
     result["val"]["map"] = {k: (None if v != v else v) for k, v in result["val"]["map"].items()}
     if main:

@@ -263,6 +263,16 @@ class TeacherLogitBank:
         rows = self._array[idx.cpu().numpy()]
         return torch.from_numpy(rows.astype(np.float32))
 
+    def table(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The whole bank as one (N, C) float16 tensor on ``device`` (default: that of :meth:`to`, else CPU).
+
+        For a training loop that indexes it with rows it has validated once: ``table[rows]`` needs no
+        range check per step, and so no host-device synchronisation.
+        """
+        if self._device_copy is not None and (device is None or torch.device(device) == self._device_copy.device):
+            return self._device_copy
+        return torch.from_numpy(np.array(self._array)).to(device or "cpu")
+
     def numpy(self) -> np.ndarray:
         """The whole (N, C) float16 array (read-only memory map)."""
         return self._array

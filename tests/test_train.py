@@ -157,7 +157,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatc
             return loss * float("nan") if self.calls >= 3 else loss
 
     monkeypatch.setattr(train, "build_criterion", lambda *a, **k: NaNAfter(real_build(*a, **k)))
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1 step 0; last good checkpoint: .*nan_run/last.pt"):
+    with pytest.raises(FloatingPointError, match=r"loss is not finite \(nan or inf\) at epoch 1 step 0; last good checkpoint: .*nan_run/last.pt"):
         _run(env, "erm", "nan_run", "--set", "schedule.epochs=2")
     state = torch.load(env / "nan_run" / "last.pt", weights_only=True)
     assert state["epoch"] == 0

@@ -14,14 +14,14 @@ from typing import Any
 
 _EXPORTS = {
     "csv_dataset": ("BadImageError", "CSVDataError", "EmptyClassWarning", "LabelTable",
-                    "MultiLabelCSVDataset", "load_rgb_image", "read_label_csv"),
+                    "MultiLabelCSVDataset", "load_rgb_image", "read_label_csv", "BadImage", "find_bad_images"),
     "rfmid": ("RFMID_CHALLENGE_CLASSES", "RFMID_CLASSES", "load_rfmid", "load_rfmid_merged",
               "write_rfmid_merged_csv"),
     "synthetic": ("CATALOGUE", "generate_synthetic", "synthetic_labels", "synthetic_prior",
                   "target_class_counts"),
     "cache": ("build_cache", "crop_to_field", "find_field_box"),
     "splits": ("Fold", "Splits", "load_splits", "make_splits", "save_splits", "splits_for_csv"),
-    "transforms": ("train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD"),
+    "transforms": ("train_transform", "eval_transform", "uint8_transform", "IMAGENET_MEAN", "IMAGENET_STD"),
 }
 # (``describe`` is not re-exported: the name is the submodule's; use recipes.data.describe.describe)
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

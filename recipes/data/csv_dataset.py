@@ -37,7 +37,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ __all__ = [
     "read_label_csv",
     "load_rgb_image",
     "MultiLabelCSVDataset",
+    "BadImage",
+    "find_bad_images",
     "EMPTY_CLASS_POLICIES",
 ]
 
@@ -440,6 +442,49 @@ class MultiLabelCSVDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(csv={str(self.csv_path)!r}, images={len(self)}, "
                 f"classes={self.num_classes})")
+
+
+class BadImage(NamedTuple):
+    """An image that a run cannot read: its data row, CSV line, file and the reason."""
+
+    row: int
+    line: int
+    path: Path
+    reason: str
+
+
+class _Probe(Dataset):
+    def __init__(self, dataset: MultiLabelCSVDataset) -> None:
+        self.paths = dataset.image_paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        try:
+            load_rgb_image(self.paths[i])
+        except FileNotFoundError:
+            return i, "missing"
+        except BadImageError as exc:
+            return i, f"undecodable ({exc.__cause__ or exc})"[:200]
+        return i, ""
+
+
+def find_bad_images(dataset: MultiLabelCSVDataset, num_workers: int = 0) -> list[BadImage]:
+    """Every image of ``dataset`` that is missing or cannot be decoded (each file is decoded once).
+
+    For ``data.skip_bad_images`` of the recipes: build the dataset with ``check_images=False``, find
+    the bad rows here, and leave them out explicitly, with their count reported, instead of failing
+    at 3 a.m. in the middle of an epoch. ``num_workers`` > 0 decodes in that many processes.
+    """
+    from torch.utils.data import DataLoader
+
+    bad = []
+    loader = DataLoader(_Probe(dataset), batch_size=None, num_workers=num_workers)
+    for i, reason in loader:
+        if reason:
+            bad.append(BadImage(int(dataset.indices[i]), dataset.line_numbers[i], dataset.image_paths[i], reason))
+    return bad
 
 
 def _as_indices(indices: Sequence[int] | np.ndarray, n_total: int, path: Path) -> np.ndarray:

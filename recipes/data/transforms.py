@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "denormalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "uint8_transform", "denormalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +73,25 @@ def train_transform(
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
+
+
+def uint8_transform(size: int = 256) -> v2.Compose:
+    """Resize (short side) + centre crop, kept as uint8: the CPU part of the recipes' pipeline.
+
+    The recipes decode and resize on the CPU and ship uint8 to the device, where
+    ``recipes.engine.BatchAugment`` augments (training) and normalises, batched.
+
+    Shape:
+        PIL RGB image (any size) -> uint8 tensor ``(3, size, size)``.
+
+    Example::
+        >>> from PIL import Image
+        >>> t = uint8_transform(32)(Image.new("RGB", (40, 48)))
+        >>> t.shape, t.dtype
+        (torch.Size([3, 32, 32]), torch.uint8)
+    """
+    size = _check_size(size)
+    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
 
 def eval_transform(
