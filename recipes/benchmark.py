@@ -24,8 +24,8 @@ here is asserted anywhere.
 Defaults (issue 7, which sized the budget on ResNet-50 at 256 x 256, batch 256; the paper trains at
 256 x 256, Sec. 3.1): GPU: ``resnet50`` (no pretrained weights), 256 px, batch 256, 48 classes, 30
 timed steps after 5 warm-up, workers = cores - 1 (at most 16), full-size 2048 px. CPU: ``small_cnn``
-(width 16, batch norm, linear head), 64 px, batch 64, 16 classes, 8 timed steps after 2 warm-up, 1
-worker, full-size 256 px: about a minute on 2 cores.
+(width 16, batch norm, linear head), 64 px, batch 64, 16 classes, 10 timed steps after 2 warm-up, 1
+worker and cores - 1 torch threads, full-size 256 px: under a minute on 2 idle cores.
 
 Times: CUDA events around each step (synchronised) on GPU, ``time.perf_counter`` on CPU; the median
 over the timed steps. The images are synthetic fundus-like images (``recipes.data.generate_synthetic``);
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", type=pos, nargs="+", help="numbers k of online teachers (default 3 4)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time torch.compile (default: on GPU, off on CPU and with --quick)")
+    p.add_argument("--threads", type=pos,
+                   help="torch intra-op threads (CPU default: cores - workers, so the loader workers and the "
+                        "model do not oversubscribe the cores; GPU default: torch's own)")
     p.add_argument("--workers", type=nonneg, help="DataLoader workers (GPU: cores - 1, at most 16; CPU: 1)")
     p.add_argument("--full-size", type=pos, help="side of the full-size images in px (GPU 2048, CPU 256)")
     p.add_argument("--full-batch", type=pos, help="batch of the full-size loader (GPU 32, CPU 16)")
@@ -162,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  workers=workers, full_size=2048, full_batch=32, loader_batches=4 * workers, images=512,
                  compile=True)
     else:
-        d = dict(model="small_cnn", width=16, size=64, batch=64, classes=16, steps=8, warmup=2, teachers=[3, 4],
+        d = dict(model="small_cnn", width=16, size=64, batch=64, classes=16, steps=10, warmup=2, teachers=[3, 4],
                  workers=min(1, cores - 1), full_size=256, full_batch=16, loader_batches=8, images=128,
                  compile=False)
     for key, value in d.items():
@@ -181,6 +184,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"argument --data-root: expected a folder with labels.csv and images/, got {a.data_root!r}")
     if a.model != "small_cnn" and a.model not in torchvision.models.list_models(module=torchvision.models):
         parser.error(f"argument --model: expected small_cnn or a torchvision classification model, got {a.model!r}")
+    if a.threads is None and not cuda:
+        a.threads = max(1, cores - a.workers)
     a.cache_size = max(a.size, int(round(a.size * CACHE_SCALE)))
     a.cores = cores
     return a
@@ -195,8 +200,9 @@ def _sync(device: torch.device) -> None:
 
 def time_cases(cases: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
                steps: int) -> dict[str, list[float]]:
-    """Seconds per call of each case; cases alternate round by round, so a slow drift of the machine
-    (other jobs, clocks) hits every case alike. CUDA events on GPU, ``perf_counter`` on CPU."""
+    """Seconds per call of each case; the cases alternate step by step, so a slow drift of the machine
+    (other jobs on shared cores, clocks) hits every case alike. CUDA events on GPU (synchronised
+    after each step), ``perf_counter`` on CPU."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -292,36 +298,39 @@ def model_step_section(a: argparse.Namespace, device: torch.device, num_classes:
     images, targets = _random_batch(a, device, num_classes)
     augment = BatchAugment(a.size).to(device)
     out: dict[str, dict] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    ref = reference_case(device)
+    for name, case in precision_cases(device).items():
+        if case["amp"] and device.type != "cuda":
+            out[name] = {"status": "n/a on CPU", "settings": case["settings"]}
+            continue
+        model = _model(a, num_classes, device, case["channels_last"])
+        steps[name] = make_step(model, _adam(model, device), augment, images, targets, amp=case["amp"],
+                                channels_last=case["channels_last"], loss=_bce())
+    settings = "torch.compile of " + precision_cases(device)[ref]["settings"]
+    compile_s = None
     with value_checks(False):
-        for name, case in precision_cases(device).items():
-            if case["amp"] and device.type != "cuda":
-                out[name] = {"status": "n/a on CPU", "settings": case["settings"]}
-                continue
-            model = _model(a, num_classes, device, case["channels_last"])
-            step = make_step(model, _adam(model, device), augment, images, targets, amp=case["amp"],
-                             channels_last=case["channels_last"], loss=_bce())
-            out[name] = _row(time_cases({name: step}, device, a.warmup, a.steps)[name], a.batch,
-                             settings=case["settings"])
-            del model, step
-            _free(device)
-        ref = reference_case(device)
-        settings = "torch.compile of " + precision_cases(device)[ref]["settings"]
         if not a.compile:
             out["compiled"] = {"status": "skipped", "settings": settings + " (--compile to time it)"}
         else:
             case = precision_cases(device)[ref]
             model = _model(a, num_classes, device, case["channels_last"])
             compiled = torch.compile(model)
-            opt = _adam(model, device)
-            step = make_step(compiled, opt, augment, images, targets, amp=case["amp"],
-                             channels_last=case["channels_last"], loss=_bce())
+            steps["compiled"] = make_step(compiled, _adam(model, device), augment, images, targets,
+                                          amp=case["amp"], channels_last=case["channels_last"], loss=_bce())
             t0 = time.perf_counter()
-            step()  # compiles
+            steps["compiled"]()  # compiles
             _sync(device)
             compile_s = time.perf_counter() - t0
-            out["compiled"] = _row(time_cases({"compiled": step}, device, a.warmup, a.steps)["compiled"], a.batch,
-                                   settings=settings, first_step_s=compile_s)
             state["compiled"] = (model, compiled)
+        times = time_cases(steps, device, a.warmup, a.steps)
+    for name in steps:
+        s = settings if name == "compiled" else precision_cases(device)[name]["settings"]
+        out[name] = _row(times[name], a.batch, settings=s)
+    if compile_s is not None:
+        out["compiled"]["first_step_s"] = compile_s
+    del steps
+    _free(device)
     out["reference"] = ref
     return out
 
@@ -719,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     a = parse_args(argv)
     device = torch.device(a.device)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(SEED)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

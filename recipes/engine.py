@@ -213,7 +213,7 @@ def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike, skip_ro
 
     resize = uint8_transform(size)
     everything = MultiLabelCSVDataset(base.csv_path, base.image_dir, image_suffix=base.image_suffix,
-                                      transform=resize, empty_classes="ignore")
+                                      transform=resize, empty_classes="ignore", check_images=not skip)
     out = np.empty((len(everything), 3, size, size), dtype=np.uint8)
     out[skip] = 0
     skip_set = set(skip)

@@ -623,8 +623,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from recipes.data import BadImageError, CSVDataError
+    from recipes.models import ModelError
+
     try:
         main()
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, CSVDataError, BadImageError, ModelError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # a message that says what to fix, not a traceback
         sys.exit(2)

@@ -166,3 +166,121 @@ def test_resume_may_extend_the_schedule(env, uninterrupted):
     proc = train(env, "extended", f"schedule.epochs={EPOCHS + 1}", resume=True)
     assert f"at epoch {EPOCHS} step 0" in proc.stdout
     assert [m["epoch"] for m in metrics(env / "extended")] == list(range(EPOCHS + 1))
+
+
+# ------------------------------------------------------------------------------------ bad data
+
+@pytest.fixture()
+def data_copy(env, uninterrupted, tmp_path) -> Path:
+    """A copy of the tiny data set (labels.csv + images/) to damage; the generator is not rerun."""
+    shutil.copytree(env / "data", tmp_path / "data", ignore=shutil.ignore_patterns(".cache", "splits*"))
+    return tmp_path / "data"
+
+
+def _train_in_process(env: Path, root: Path, out: Path, *sets: str) -> dict:
+    from recipes.train import main
+
+    return main(["--config", str(env / "erm.py"), "--profile", str(env / "tiny.py"), "--out-dir", str(out),
+                 "--set", f"data.root={str(root)!r}", "data.dataset='csv'", "schedule.epochs=1",
+                 "run.max_steps_per_epoch=2", *sets])
+
+
+def _damage_three_images(root: Path) -> list[str]:
+    """Row 3: truncated PNG; row 5: a text file named .png; row 8: deleted. Returns their names."""
+    rows = (root / "labels.csv").read_text().splitlines()[1:]
+    names = [rows[i].split(",")[0] for i in (3, 5, 8)]
+    data = (root / "images" / names[0]).read_bytes()
+    (root / "images" / names[0]).write_bytes(data[: len(data) // 3])
+    (root / "images" / names[1]).write_text("not an image\n")
+    (root / "images" / names[2]).unlink()
+    return names
+
+
+def test_bad_images_stop_the_run_naming_file_and_line(env, data_copy, tmp_path):
+    from recipes.data import CSVDataError
+
+    names = _damage_three_images(data_copy)
+    with pytest.raises(CSVDataError, match=rf"expected every image to exist .* 1 missing: line 10: .*{names[2]}"):
+        _train_in_process(env, data_copy, tmp_path / "run")
+    (data_copy / "images" / names[2]).write_bytes((env / "data" / "images" / names[2]).read_bytes())
+    from recipes.data import BadImageError
+
+    with pytest.raises(BadImageError, match=rf"{names[0]} \(from .*labels.csv, line 5, column 'image'\)"):
+        _train_in_process(env, data_copy, tmp_path / "run")
+
+
+def test_bad_images_are_skipped_and_counted_only_with_the_flag(env, data_copy, tmp_path, capsys):
+    names = _damage_three_images(data_copy)
+    result = _train_in_process(env, data_copy, tmp_path / "run", "data.skip_bad_images=True")
+    skipped = result["skipped_images"]
+    assert skipped["count"] == 3 and skipped["train"] + skipped["val"] + skipped["test"] == 3
+    assert sorted(Path(f["path"]).name for f in skipped["files"]) == sorted(names)
+    assert {f["line"] for f in skipped["files"]} == {5, 7, 10}
+    reasons = {Path(f["path"]).name: f["reason"] for f in skipped["files"]}
+    assert reasons[names[2]] == "missing" and reasons[names[0]].startswith("undecodable")
+    assert "data.skip_bad_images: skipping 3 unreadable image(s)" in capsys.readouterr().err
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert on_disk["skipped_images"]["count"] == 3
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("2", r"line 3, column 'hemorrhage'.*expected a label 0 or 1, got '2'"),
+    ("-1", r"line 3, column 'hemorrhage'.*expected a label 0 or 1, got '-1'"),
+    ("", r"line 3, column 'hemorrhage'.*expected a label 0 or 1, got ''"),
+])
+def test_bad_labels_stop_the_run_naming_line_and_column(env, data_copy, tmp_path, cell, message):
+    from recipes.data import CSVDataError
+
+    lines = (data_copy / "labels.csv").read_text().splitlines()
+    first = lines[2].split(",")
+    lines[2] = ",".join([first[0], cell, *first[2:]])
+    (data_copy / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CSVDataError, match=message):
+        _train_in_process(env, data_copy, tmp_path / "run")
+
+
+def test_duplicate_id_and_missing_class_column_stop_the_run(env, data_copy, tmp_path):
+    from recipes.data import CSVDataError
+
+    csv = data_copy / "labels.csv"
+    original = csv.read_text()
+    lines = original.splitlines()
+    lines[4] = lines[2].split(",")[0] + "," + lines[4].split(",", 1)[1]
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CSVDataError, match=r"duplicate"):
+        _train_in_process(env, data_copy, tmp_path / "run")
+    csv.write_text(original)
+    header = original.splitlines()[0].split(",")[1:]
+    with pytest.raises(ValueError, match=r"cotton_wool_spots"):
+        _train_in_process(env, data_copy, tmp_path / "run",
+                          f"data.class_names={[*header[:-1], 'cotton_wool_spots']!r}")
+
+
+def test_a_data_error_on_the_command_line_is_one_message_not_a_traceback(env, data_copy, tmp_path):
+    _damage_three_images(data_copy)
+    proc = train(env, str(tmp_path / "cli"), f"data.root={str(data_copy)!r}", "data.dataset='csv'", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+def test_a_killed_sweep_restarts_only_its_unfinished_runs(env, tmp_path):
+    """The sweep runner (jobs in its own process) is SIGKILLed in its 2nd run, in epoch 1; restarted,
+    it leaves the finished run alone and resumes the killed one from its last checkpoint."""
+    sweep = [sys.executable, str(ROOT / "recipes" / "table3.py"), "--profile", str(env / "tiny.py"), "--rows",
+             "erm", "rs", "--out", str(tmp_path / "sweep"), "--no-figures"]
+    environ = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fault = EPOCHS * STEPS_PER_EPOCH + STEPS_PER_EPOCH + 4  # erm's 30 steps, then rs's epoch 0 and 4 more
+    killed = subprocess.run(sweep, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**environ, "RSKD_FAULT": f"step:{fault}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    erm, rs = (next((tmp_path / "sweep").rglob(f"{name}/result.json"), None) for name in ("erm", "rs"))
+    assert erm is not None and rs is None
+    erm_bytes = erm.read_bytes()
+    again = subprocess.run(sweep, capture_output=True, text=True, timeout=300, cwd=ROOT, env=environ)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[sweep] 2 job(s): 1 finished, 1 to run" in again.stdout
+    assert "resumed from" in again.stdout and "at epoch 1 step 0" in again.stdout
+    assert erm.read_bytes() == erm_bytes  # the finished run was not touched
+    assert next((tmp_path / "sweep").rglob("rs/result.json"), None) is not None

@@ -466,7 +466,7 @@ class _Probe(Dataset):
         except FileNotFoundError:
             return i, "missing"
         except BadImageError as exc:
-            return i, f"undecodable ({exc.__cause__ or exc})"[:200]
+            return i, f"undecodable: {exc}"
         return i, ""
 
 
