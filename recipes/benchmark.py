@@ -3,20 +3,30 @@
 One process, one device (CUDA when available, else CPU), four sections, each printed as a Markdown
 table row and collected in one JSON object (printed, and written atomically with ``--json``):
 
+The *reference* setting is the one the recipes train with on the device (``recipes/config.py``:
+``run.amp="auto"`` is bf16 autocast on CUDA only, ``run.channels_last="auto"`` is on): bf16 +
+channels_last on GPU, fp32 + channels_last on CPU.
+
 (a) **model-only training step** on random uint8 images already on the device:
-    ``recipes.engine.BatchAugment`` (train=True) -> model -> BCE -> backward -> Adam step, in
-    images/s, for fp32; fp32 + channels_last; bf16 autocast + channels_last (GPU only); and
-    ``torch.compile`` of the fastest eager setting (GPU by default; ``--compile`` on CPU).
+    ``recipes.engine.BatchAugment`` (train=True) -> model -> BCE -> backward -> Adam step (fused on
+    CUDA, foreach on CPU, as ``recipes/train.py``), in images/s, for fp32; fp32 + channels_last;
+    bf16 autocast + channels_last (GPU only); and ``torch.compile`` of the model in the reference
+    setting (GPU by default; ``--compile`` on CPU). The cases alternate step by step.
 (b) **student step**: ``WeightedSubsetKDLoss(BCE)`` with teacher logits looked up in a
     ``TeacherLogitBank`` (rows indexed on the device, as ``recipes/train.py`` does) and with k online
-    ``SubsetTeachers`` (default k = 3 and 4), each as a ratio to an ERM step measured in the same run,
-    interleaved round by round with the student steps, at the precision the recipes train with.
+    ``SubsetTeachers`` (default k = 3 and 4; the teachers are copies of the student's architecture,
+    run under the student's autocast), each as a ratio to an ERM step measured in the same run,
+    alternating step by step with the student steps, in the reference setting.
 (c) **data pipeline alone**: a ``DataLoader`` over ``MultiLabelCSVDataset`` with
-    ``uint8_transform(size)`` and N workers, from (c1) a cached copy at ~1.125 x size (PNG, the default
-    of ``recipes.data.cache``) and (c2) full-size JPEGs; and the device-side ``BatchAugment`` alone.
-(d) **end to end**: the student epoch with the pipeline of (c1) (pinned memory on GPU, non-blocking
-    copies, ``keyed_uniforms`` randoms, ``BatchAugment``, bank lookup, ``WeightedSubsetKDLoss``,
-    Adam), as a ratio to the model-only step of (a) at the same precision.
+    ``uint8_transform(size)`` and N workers (pinned memory on CUDA, persistent workers, prefetch 4, as
+    ``recipes/train.py``), from (c1) a cached copy at ~1.125 x size (PNG, the default of
+    ``recipes.data.cache``) and (c2) full-size JPEGs; and the device-side ``BatchAugment`` alone.
+    One untimed batch per worker first (start-up), then ``--loader-batches`` timed batches.
+(d) **end to end**: the student epoch of ``recipes/train.py`` in bank mode with the pipeline of (c1)
+    (non-blocking copies, ``keyed_uniforms`` randoms, ``BatchAugment``, bank lookup,
+    ``WeightedSubsetKDLoss``, Adam), wall clock over ``--steps`` steps after ``--warmup`` + one per
+    worker, as a ratio to the model-only step of (a) in the reference setting; when (a) compiled, also
+    with the compiled model, as a ratio to the compiled model-only step.
 
 The issue's targets are printed beside the measured figures. A benchmark, not a test: no number
 here is asserted anywhere.
@@ -45,7 +55,6 @@ import csv
 import io
 import itertools
 import json
-import math
 import os
 import platform
 import statistics
@@ -54,7 +63,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -249,8 +258,9 @@ def _adam(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, augment: BatchAugment, images: torch.Tensor,
               targets: torch.Tensor, *, amp: bool, channels_last: bool,
               loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-    """One training step on device-resident uint8 ``images``: augment, forward, ``loss(logits, y, x)``,
-    backward, Adam. Teachers (if ``loss`` runs them) see ``x`` under the same autocast as the model."""
+    """One training step on device-resident uint8 ``images``: augment, forward (under autocast when
+    ``amp``), ``loss(logits, y, x)`` in float32, backward, Adam. Online teachers (run by ``loss``)
+    use the student's autocast setting."""
     device = images.device
 
     def step() -> None:
@@ -259,7 +269,7 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, augment: BatchAugmen
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-            value = loss(logits.float(), targets, x)
+        value = loss(logits.float(), targets, x)  # as recipes/train.py: the loss outside autocast
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
@@ -335,6 +345,10 @@ def model_step_section(a: argparse.Namespace, device: torch.device, num_classes:
     return out
 
 
+def _workers(n: int) -> str:
+    return f"{n} worker" + ("" if n == 1 else "s")
+
+
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -405,7 +419,9 @@ def student_step_section(a: argparse.Namespace, device: torch.device, num_classe
         teacher_sets.append(teachers)
 
         def online_loss(logits, y, x, teachers=teachers):
-            return kd(logits, y, teachers(x).float())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # as the student
+                t_logits = teachers(x)
+            return kd(logits, y, t_logits.float())
         cases[f"online_{k}"] = make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl,
                                          loss=online_loss)
     with value_checks(False):
@@ -551,12 +567,12 @@ def pipeline_section(a: argparse.Namespace, device: torch.device, data: dict) ->
     suffix = a.image_suffix if a.data_root else ""
     cached = _dataset(*data["cached"], a.size)
     out["cached"] = loader_throughput(cached, a.batch, a, device)
-    out["cached"]["settings"] = (f"{a.cache_size} px PNG -> uint8 {a.size} px, {a.workers} workers, batch {a.batch}")
+    out["cached"]["settings"] = (f"{a.cache_size} px PNG -> uint8 {a.size} px, {_workers(a.workers)}, batch {a.batch}")
     full = _dataset(*data["full"], a.size, suffix)
     out["full_size"] = loader_throughput(full, a.full_batch, a, device)
     ext = "" if a.data_root else "JPEG "
     side = "originals" if a.data_root else f"{a.full_size} px"
-    out["full_size"]["settings"] = (f"{side} {ext}-> uint8 {a.size} px, {a.workers} workers, batch {a.full_batch}")
+    out["full_size"]["settings"] = (f"{side} {ext}-> uint8 {a.size} px, {_workers(a.workers)}, batch {a.full_batch}")
     return out
 
 
@@ -615,7 +631,7 @@ def end_to_end_section(a: argparse.Namespace, device: torch.device, data: dict, 
     _free(device)
     ref_row = model_steps[ref]
     row.update(reference=ref, reference_images_per_s=ref_row["images_per_s"],
-               settings=(f"{case['settings']}, bank, {a.workers} workers, {a.cache_size} px PNG cache"))
+               settings=(f"{case['settings']}, bank, {_workers(a.workers)}, {a.cache_size} px PNG cache"))
     row["ratio_to_model_step"] = row["images_per_s"] / ref_row["images_per_s"]
     out: dict[str, Any] = {"eager": row}
     if "compiled" in state and c == a.classes:
@@ -750,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "loader_batches": a.loader_batches, "compile": a.compile, "quick": a.quick, "data": data["source"],
             "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter",
         }
-        print(f"benchmark on {settings['device']}: {a.workers} loader workers, reference precision "
+        print(f"benchmark on {settings['device']}: {_workers(a.workers)} per loader, reference setting "
               f"{reference_case(device)}", flush=True)
         result: dict[str, Any] = {"settings": settings, "data_seconds": data["seconds"]}
         result["model_step"] = model_step_section(a, device, a.classes, state)

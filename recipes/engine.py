@@ -307,10 +307,11 @@ class BatchAugment(nn.Module):
     * horizontal and vertical flips (p = 0.5 each; left and right eyes are mirror images);
     * rotation by ``U(-degrees, degrees)``, black fill (the background of a fundus photograph);
     * brightness, contrast and saturation factors ``U(1 - b, 1 + b)`` (torchvision's ``ColorJitter``
-      formulas: scale; blend with the image's mean grey; blend with the per-pixel grey).
+      formulas: scale; blend with the image's mean grey; blend with the per-pixel grey), composed
+      into one colour matrix per sample and clamped to [0, 1] once at the end (torchvision clamps
+      after each of the three: they differ only where a pixel passes 0 or 1 half-way).
 
-    Crop, flips and rotation are one affine map per sample, sampled bilinearly (``affine_grid`` +
-    ``grid_sample``): output pixel ``p`` (normalised to [-1, 1]) reads the input at
+    Crop, flips and rotation are one affine map per sample, sampled bilinearly (``grid_sample``): output pixel ``p`` (normalised to [-1, 1]) reads the input at
     ``R(theta) diag(w f_x, h f_y) p + c``. Defaults: the CPU pipeline of ``recipes/data/transforms.py``
     (``train_transform``), hue jitter left out. Evaluation (``train=False``) only converts and
     normalises (the loader already resized and centre-cropped). ``rand=None`` draws from torch's
@@ -338,34 +339,48 @@ class BatchAugment(nn.Module):
     def forward(self, x: torch.Tensor, train: bool, rand: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise TypeError(f"BatchAugment expects uint8 images (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
-        x = x.float().div_(255.0)
-        if train:
-            b = x.shape[0]
-            if rand is None:
-                rand = torch.rand(b, self.NUM_RANDOM, device=x.device)
-            if rand.shape != (b, self.NUM_RANDOM):
-                raise ValueError(f"rand must have shape ({b}, {self.NUM_RANDOM}), got {tuple(rand.shape)}")
-            u = rand.to(x.device, torch.float32).unbind(1)
-            area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
-            aspect = torch.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * u[1])
-            w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
-            cx, cy = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h)
-            fx, fy = torch.where(u[4] < 0.5, -1.0, 1.0), torch.where(u[5] < 0.5, -1.0, 1.0)
-            angle = math.radians(self.degrees) * (2 * u[6] - 1)
-            cos, sin = angle.cos(), angle.sin()
-            theta = torch.stack([torch.stack([w * fx * cos, -h * fy * sin, cx], 1),
-                                 torch.stack([w * fx * sin, h * fy * cos, cy], 1)], 1)
-            grid = nn.functional.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
-            x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            bri, con, sat = self.jitter
-            x = (x * (1 - bri + 2 * bri * u[7]).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
-            level = (x * self.grey).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-            x = ((x - level) * (1 - con + 2 * con * u[8]).view(b, 1, 1, 1) + level).clamp_(0.0, 1.0)
-            grey = (x * self.grey).sum(1, keepdim=True)
-            x = ((x - grey) * (1 - sat + 2 * sat * u[9]).view(b, 1, 1, 1) + grey).clamp_(0.0, 1.0)
-        elif x.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"evaluation images must be {self.size} x {self.size}, got {tuple(x.shape[-2:])}")
-        return (x - self.mean) / self.std
+        if not train:
+            if x.shape[-2:] != (self.size, self.size):
+                raise ValueError(f"evaluation images must be {self.size} x {self.size}, got {tuple(x.shape[-2:])}")
+            return x.float().div_(255.0).sub_(self.mean).div_(self.std)
+        b = x.shape[0]
+        if rand is None:
+            rand = torch.rand(b, self.NUM_RANDOM, device=x.device)
+        if rand.shape != (b, self.NUM_RANDOM):
+            raise ValueError(f"rand must have shape ({b}, {self.NUM_RANDOM}), got {tuple(rand.shape)}")
+        u = rand.to(x.device, torch.float32).unbind(1)
+        # crop, flips, rotation: one affine map per sample
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+        aspect = torch.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * u[1])
+        w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+        cx, cy = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h)
+        fx, fy = torch.where(u[4] < 0.5, -1.0, 1.0), torch.where(u[5] < 0.5, -1.0, 1.0)
+        angle = math.radians(self.degrees) * (2 * u[6] - 1)
+        cos, sin = angle.cos(), angle.sin()
+        x = nn.functional.grid_sample(x.float(), self._grid(w * fx * cos, -h * fy * sin, cx, w * fx * sin,
+                                                            h * fy * cos, cy), mode="bilinear",
+                                      padding_mode="zeros", align_corners=False)
+        # colour: brightness b, contrast c (around the mean grey level L of the brightened image),
+        # saturation s (around each pixel's grey g = w.x) are affine in x: y = c b S x + (1 - c) L with
+        # S = s I + (1 - s) 1 w^T (S 1 = 1, as w sums to 1); one 3x3 matrix per sample, then one clamp
+        bri, con, sat = self.jitter
+        fb, fc, fs = (1 - bri + 2 * bri * u[7]), (1 - con + 2 * con * u[8]), (1 - sat + 2 * sat * u[9])
+        eye = torch.eye(3, device=x.device)
+        S = fs.view(b, 1, 1) * eye + (1 - fs).view(b, 1, 1) * self.grey.view(1, 1, 3)
+        level = fb * (x.mean((2, 3)) @ self.grey.view(3, 1)).view(b) / 255.0
+        matrix = (fc * fb / 255.0).view(b, 1, 1) * S
+        y = torch.bmm(matrix, x.view(b, 3, -1)).view_as(x)
+        y.add_(((1 - fc) * level).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
+        return y.sub_(self.mean).div_(self.std)
+
+    def _grid(self, a: torch.Tensor, b_: torch.Tensor, c: torch.Tensor, d: torch.Tensor, e: torch.Tensor,
+              f: torch.Tensor) -> torch.Tensor:
+        """``affine_grid`` for the maps [[a, b, c], [d, e, f]] (B,) each, by broadcasting (no batched matmul)."""
+        n = self.size
+        lin = (torch.arange(n, device=a.device, dtype=torch.float32) * 2 + 1) / n - 1  # pixel centres
+        gx, gy = lin.view(1, 1, n), lin.view(1, n, 1)
+        v = lambda t: t.view(-1, 1, 1)  # noqa: E731
+        return torch.stack([v(a) * gx + v(b_) * gy + v(c), v(d) * gx + v(e) * gy + v(f)], -1)
 
 
 # ------------------------------------------------------------------------------- prediction

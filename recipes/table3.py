@@ -187,7 +187,7 @@ def fold_class_data(cfg: Mapping[str, Any]) -> tuple[np.ndarray, tuple[str, ...]
     """Training class counts and class names of ``cfg``'s fold, found exactly as ``train.py`` finds them.
 
     Calls ``recipes.train.prepare_data`` (which generates the synthetic data set or writes the
-    merged RFMiD CSV when missing, and makes ``splits.json``) in this process, as rank 0 of 1.
+    merged RFMiD CSV when missing, and makes the split file) in this process, as rank 0 of 1.
     """
     from recipes.train import prepare_data
 

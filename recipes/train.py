@@ -79,6 +79,10 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
     csv = root / d["csv"]
     image_dir = root / d["image_dir"] if d["image_dir"] else root
     bad: list = []
+    # one split file per setting, so that another data.split_seed or scheme gets its own beside it
+    tag = "holdout" if d["scheme"] == "holdout" else f"kfold{d['n_folds']}"
+    split_args = dict(seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"],
+                      path=csv.parent / f"splits_{tag}_seed{d['split_seed']}.json")
     if engine.is_main(rank):
         if d["dataset"] == "synthetic" and not csv.is_file():
             from recipes.data import generate_synthetic
@@ -89,7 +93,7 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
             from recipes.data import write_rfmid_merged_csv
 
             write_rfmid_merged_csv(root, csv, variant=d["rfmid_variant"])
-        splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
+        splits_for_csv(csv, **split_args)
         if d["skip_bad_images"]:
             everything = MultiLabelCSVDataset(csv, image_dir, image_suffix=d["image_suffix"],
                                               class_names=d["class_names"], check_images=False,
@@ -97,7 +101,7 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
             bad = [(b.row, b.line, str(b.path), b.reason) for b in find_bad_images(everything, d["num_workers"])]
     bad = engine.broadcast_object(bad, world)
     engine.barrier(world)
-    splits = splits_for_csv(csv, seed=d["split_seed"], scheme=d["scheme"], n_folds=d["n_folds"])
+    splits = splits_for_csv(csv, **split_args)
     fold = splits[d["fold"] if d["scheme"] == "kfold" else 0]
     table = read_label_csv(csv, class_names=d["class_names"])
     targets = np.asarray(table.targets)
@@ -112,7 +116,9 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
             print(f"data.skip_bad_images: skipping {len(bad)} unreadable image(s) (train {skipped['train']}, "
                   f"val {skipped['val']}, test {skipped['test']}); first: line {bad[0][1]} {bad[0][2]}: "
                   f"{bad[0][3]}", file=sys.stderr, flush=True)
+    data_id = f"{file_sha256(csv)}:{d['scheme']}:split_seed{d['split_seed']}:fold{d['fold']}"
     return {"csv": csv, "image_dir": image_dir, "class_names": tuple(table.class_names), "rows": rows,
+            "data_id": data_id,
             "fold_id": d["fold"], "train_counts": targets[rows["train"]].sum(0).astype(np.int64),
             "train_targets": targets[rows["train"]], "num_rows": targets.shape[0], "bad_rows": bad_rows,
             "skipped": skipped}
@@ -210,6 +216,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def check_same_data(ckpt: Path, data: Mapping) -> dict:
+    """Load a checkpoint this run builds on (a teacher, OLTR stage 1); refuse one of other data or fold."""
+    state = engine.load_checkpoint(ckpt)
+    if state.get("data_id") != data["data_id"]:
+        raise ValueError(f"{ckpt} was trained on other data: {state.get('data_id')} (CSV sha256:scheme:split "
+                         f"seed:fold), this run uses {data['data_id']}; check data.root, data.fold and "
+                         f"data.split_seed")
+    return state
+
+
 def load_teachers(cfg, data, device) -> tuple[SubsetTeachers, Partition, list[str]]:
     tdir = Path(cfg["method"]["teachers_dir"])
     pfile = tdir / "partition.json"
@@ -217,14 +233,14 @@ def load_teachers(cfg, data, device) -> tuple[SubsetTeachers, Partition, list[st
         raise FileNotFoundError(f"{pfile} not found: train the teachers of this partition first "
                                 f"(stage teacher, method.subset=0..k-1, out dirs {tdir}/subset<k>)")
     part = Partition.from_json(pfile)
+    states = [check_same_data(tdir / f"subset{k}" / "best.pt", data) for k in range(part.num_subsets)]
     expected = make_partition(cfg, data["train_counts"], data["class_names"])
     if part.fingerprint() != expected.fingerprint():
         raise ValueError(f"{pfile} was built for another partition or fold than this run's "
                          f"({part.subsets} vs {expected.subsets}); check method.partition and data.fold")
     models, hashes = [], []
     for k, subset in enumerate(part.subsets):
-        ckpt = tdir / f"subset{k}" / "best.pt"
-        state = engine.load_checkpoint(ckpt)
+        ckpt, state = tdir / f"subset{k}" / "best.pt", states[k]
         if state.get("class_names") != [data["class_names"][c] for c in subset]:
             raise ValueError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
                              f"{[data['class_names'][c] for c in subset]}")
@@ -264,7 +280,7 @@ def build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, ran
     tdir = Path(cfg["method"]["teachers_dir"])
     path = tdir / f"bank_train_{cfg['data']['image_size']}px.rskd"
     fold_rows = data["rows"]["train"]
-    dataset_id = f"{file_sha256(data['csv'])}:fold{cfg['data']['fold']}:{len(fold_rows)}"
+    dataset_id = f"{data['data_id']}:{len(fold_rows)}"
     check = dict(num_samples=len(fold_rows), class_names=data["class_names"], partition=partition,
                  dataset=dataset_id, teacher_hashes=hashes)
     if engine.is_main(rank):
@@ -400,7 +416,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     base = build_criterion(ccfg, class_counts=counts_for_criterion(cls_counts, cls_names, ccfg["name"]),
                            num_images=len(train_targets))
     if meth["init_from"] and saved is None:
-        model.load_state_dict(engine.load_checkpoint(Path(meth["init_from"]) / "best.pt")["model"])
+        model.load_state_dict(check_same_data(Path(meth["init_from"]) / "best.pt", data)["model"])
     model.to(device)
     augment = engine.BatchAugment(cfg["data"]["image_size"]).to(device)
     if oltr == 2:
@@ -451,6 +467,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                 "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
                 "step": step, "best_map": best, "loss_sum": loss_sum.detach().double().cpu(),
                 "config": json.loads(json.dumps(cfg, default=list)), "class_names": cls_names,
+                "data_id": data["data_id"],
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0)}
 
@@ -525,7 +542,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                     if bank_table is not None:
                         t_logits = bank_table[lookup[idx.to(device, non_blocking=True)]].float()
                     else:
-                        t_logits = teachers(x).float()
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                            t_logits = teachers(x).float()
                     loss = criterion(logits, y, t_logits, **kwargs)
                 else:
                     loss = criterion(logits, y, **kwargs)

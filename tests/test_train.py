@@ -83,6 +83,10 @@ def test_baseline_teacher_student(env: Path) -> None:
     # a student whose partition differs from the teachers' is refused
     with pytest.raises(ValueError, match=r"partition.json was built for another partition or fold"):
         _run(env, "student", "ours_other", "--set", "method.partition.rule='region'")
+    # teachers trained on another split (or fold, or CSV) are refused before anything is built
+    with pytest.raises(ValueError, match=r"subset0/best.pt was trained on other data: .*:split_seed0:fold0 .*"
+                                         r"this run uses .*:split_seed1:fold0"):
+        _run(env, "student", "ours_other_split", "--set", "data.split_seed=1")
 
 
 def test_sampler_ldam_and_oltr_two_stages(env: Path) -> None:
