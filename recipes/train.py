@@ -140,7 +140,7 @@ def make_dataset(cfg: Mapping, data: Mapping, part: str):
     if not d["preload"]:
         return ds
     cache = Path(d["root"]) / ".cache" / f"decoded_{size}px_{file_sha256(data['csv'])[:16]}.npy"
-    return engine.Preloaded(ds, size, cache, skip_rows=data["bad_rows"])
+    return engine.Preloaded(ds, size, cache, skip_rows=data["bad_rows"], workers=d["num_workers"])
 
 
 def make_loader(cfg: Mapping, ds, *, train: bool, world: int, rank: int, sampler_kind: str | None = None,
@@ -164,7 +164,7 @@ def make_loader(cfg: Mapping, ds, *, train: bool, world: int, rank: int, sampler
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
     workers = d["num_workers"]
     return DataLoader(ds, batch_size=d["batch_size"] if train else d["eval_batch_size"], sampler=sampler,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
                       drop_last=train and len(sampler) > d["batch_size"], persistent_workers=workers > 0,
                       prefetch_factor=4 if workers > 0 else None)
 
@@ -397,6 +397,10 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         train_targets = train_targets[train_positions]
 
     view_columns = columns if stage == "teacher" else None  # a teacher sees its subset's columns only
+    if cfg["data"]["preload"] and world > 1:  # rank 0 decodes the cache once; the others then read it
+        if main:
+            make_dataset(cfg, data, "train")
+        engine.barrier(world)
     train_ds = engine.View(make_dataset(cfg, data, "train"), train_positions, view_columns)
     val_ds = engine.View(make_dataset(cfg, data, "val"), None, view_columns)
     test_ds = engine.View(make_dataset(cfg, data, "test"), None, view_columns)
@@ -406,6 +410,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     test_loader = make_loader(cfg, test_ds, train=False, world=world, rank=rank)
 
     # ---- model and criterion
+    torch.manual_seed(r["seed"] + rank)  # the initialisation does not depend on what data preparation drew
     oltr = meth["oltr_stage"]
     model = build_model(cfg["model"], len(columns), oltr_stage=1 if oltr else None,
                         image_size=cfg["data"]["image_size"])

@@ -88,7 +88,7 @@ def test_pipeline_rows(run):
     result = run[0]
     p, st = result["pipeline"], result["settings"]
     _measured(p["device_augment"], st["batch"])
-    for key in ("cached", "full_size"):
+    for key in ("cached", "full_size", "decoded"):
         row = p[key]
         assert row["status"] == "measured"
         assert math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
@@ -136,7 +136,8 @@ def test_printed_table_and_json(run):
     assert "| target | measured | target | met |" in printed
     assert result["settings"]["torch"] in printed
     for case in ("fp32", "channels_last_fp32", "bf16_channels_last", "compiled", "bank", "3 online teachers",
-                 "4 online teachers", "loader, cached copy (c1)", "loader, full size (c2)", "student epoch, eager"):
+                 "4 online teachers", "loader, cached copy (c1)", "loader, full size (c2)", "loader, decoded cache (c3)",
+                 "student epoch, eager"):
         assert f"| {case} |" in printed, case
     start = printed.index("\n{")
     assert json.loads(printed[start:]) == json.loads(json.dumps(result))

@@ -143,13 +143,14 @@ def test_every_default_is_valid() -> None:
     assert cfg["method"]["kd"]["temperature"] == 10.0 and cfg["model"]["name"] == "resnet50"
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatch, bad: float) -> None:
     import recipes.train as train
 
     real_build = train.build_criterion
 
     class NaNAfter(torch.nn.Module):
-        """The real criterion, then NaN from its 3rd call on (epoch 1, step 0 with 2 steps an epoch)."""
+        """The real criterion, then NaN / inf from its 3rd call on (epoch 1, step 0 with 2 steps an epoch)."""
 
         def __init__(self, base: torch.nn.Module) -> None:
             super().__init__()
@@ -158,12 +159,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatc
         def forward(self, logits, targets, **kwargs):
             self.calls += 1
             loss = self.base(logits, targets, **kwargs)
-            return loss * float("nan") if self.calls >= 3 else loss
+            return loss * bad if self.calls >= 3 else loss
 
     monkeypatch.setattr(train, "build_criterion", lambda *a, **k: NaNAfter(real_build(*a, **k)))
-    with pytest.raises(FloatingPointError, match=r"loss is not finite \(nan or inf\) at epoch 1 step 0; last good checkpoint: .*nan_run/last.pt"):
-        _run(env, "erm", "nan_run", "--set", "schedule.epochs=2")
-    state = torch.load(env / "nan_run" / "last.pt", weights_only=True)
+    with pytest.raises(FloatingPointError, match=r"loss is not finite \(nan or inf\) at epoch 1 step 0; last good checkpoint: .*_run/last.pt"):
+        _run(env, "erm", f"{bad}_run", "--set", "schedule.epochs=2")
+    state = torch.load(env / f"{bad}_run" / "last.pt", weights_only=True)
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    assert not (env / "nan_run" / "result.json").exists()
+    assert not (env / f"{bad}_run" / "result.json").exists()

@@ -480,7 +480,7 @@ def find_bad_images(dataset: MultiLabelCSVDataset, num_workers: int = 0) -> list
     from torch.utils.data import DataLoader
 
     bad = []
-    loader = DataLoader(_Probe(dataset), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(_Probe(dataset), batch_size=None, num_workers=num_workers, generator=torch.Generator())
     for i, reason in loader:
         if reason:
             bad.append(BadImage(int(dataset.indices[i]), dataset.line_numbers[i], dataset.image_paths[i], reason))
