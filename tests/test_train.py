@@ -113,7 +113,9 @@ def test_torchrun_two_processes(env: Path) -> None:
     with socket.socket() as sock:  # a free port: two test runs on one machine must not collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+    # torchrun's own rendezvous (c10d), as a multi-node launch uses it (recipes/README.md), on one node
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rskd-test",
            str(ROOT / "recipes" / "train.py"), "--config", str(env / "rs.py"), "--profile", str(env / "tiny.py"),
            "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
