@@ -375,6 +375,9 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     started = time.time()
 
     data = prepare_data(cfg, rank, world)
+    if saved is not None and saved.get("data_id") != data["data_id"]:
+        raise ConfigError(f"--resume: {out_dir / 'last.pt'} was trained on other data ({saved.get('data_id')}), "
+                          f"this run reads {data['data_id']} (CSV sha256:scheme:split seed:fold)")
     names, counts = data["class_names"], data["train_counts"]
     thresholds = tuple(meth["partition"]["thresholds"])
     stage = meth["stage"]

@@ -284,3 +284,14 @@ def test_a_killed_sweep_restarts_only_its_unfinished_runs(env, tmp_path):
     assert "resumed from" in again.stdout and "at epoch 1 step 0" in again.stdout
     assert erm.read_bytes() == erm_bytes  # the finished run was not touched
     assert next((tmp_path / "sweep").rglob("rs/result.json"), None) is not None
+
+
+def test_resume_on_other_data_is_refused(env, uninterrupted, data_copy):
+    shutil.copytree(uninterrupted, env / "other_data")
+    lines = (data_copy / "labels.csv").read_text().splitlines()
+    lines[1] = lines[1][:-1] + ("1" if lines[1].endswith("0") else "0")  # one label changed
+    (data_copy / "labels.csv").write_text("\n".join(lines) + "\n")
+    proc = train(env, "other_data", f"data.root={str(data_copy)!r}", f"schedule.epochs={EPOCHS + 1}",
+                 resume=True, check=False)
+    assert proc.returncode == 2
+    assert "--resume: " in proc.stderr and "was trained on other data" in proc.stderr
