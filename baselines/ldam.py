@@ -39,7 +39,8 @@ from rskd_loss.validation import (
 )
 
 from .bce import _bce_elementwise, _check_class_weight, _check_columns, _upcast
-from .reweight import REWEIGHT_MODES, _check_beta, _check_drw_epoch, _check_epoch, _switch_drw, class_weights
+from .reweight import (REWEIGHT_MODES, _check_beta, _check_drw_epoch, _check_epoch, _register_drw_buffers,
+                       _switch_drw)
 
 __all__ = ["ldam_margins", "ldam_loss", "LDAMLoss", "NormedLinear"]
 
@@ -200,12 +201,8 @@ class LDAMLoss(nn.Module):
         self.s = _check_scale(s)
         self.drw_epoch = _check_drw_epoch(drw_epoch)
         self.reduction = check_reduction(reduction)
-        counts = as_class_counts(class_counts, allow_zero=False)
-        dtype = torch.get_default_dtype()
-        self.register_buffer("class_counts", counts.to(dtype))
-        self.register_buffer("margins", ldam_margins(counts, self.max_m).to(dtype))
-        self.register_buffer("target_weight", class_weights(counts, reweight_mode, self.beta).to(dtype))
-        self.register_buffer("weight", torch.ones_like(self.target_weight))
+        counts = _register_drw_buffers(self, class_counts, reweight_mode, self.beta)
+        self.register_buffer("margins", ldam_margins(counts, self.max_m).to(self.class_counts.dtype))
         self.epoch = 0
         self.set_epoch(0)
 

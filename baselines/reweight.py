@@ -73,6 +73,17 @@ def _check_drw_epoch(drw_epoch: object) -> int | None:
     return None if drw_epoch is None else _check_epoch(drw_epoch, "drw_epoch")
 
 
+def _register_drw_buffers(module: nn.Module, class_counts: object, mode: str, beta: float) -> torch.Tensor:
+    """Register ``class_counts``, ``target_weight`` (:func:`class_weights`) and ``weight`` (all ones until
+    :func:`_switch_drw` turns re-weighting on) on ``module``; returns the checked counts."""
+    counts = as_class_counts(class_counts, allow_zero=False)
+    dtype = torch.get_default_dtype()
+    module.register_buffer("class_counts", counts.to(dtype))
+    module.register_buffer("target_weight", class_weights(counts, mode, beta).to(dtype))
+    module.register_buffer("weight", torch.ones_like(module.target_weight))
+    return counts
+
+
 def _switch_drw(weight: torch.Tensor, target_weight: torch.Tensor, active: bool) -> None:
     """Set a DRW weight buffer in place: the class weights when re-weighting is active, else all ones."""
     with torch.no_grad():
@@ -224,11 +235,7 @@ class ReweightedBCE(nn.Module):
         self.beta = _check_beta(beta)
         self.drw_epoch = _check_drw_epoch(drw_epoch)
         self.reduction = check_reduction(reduction)
-        counts = as_class_counts(class_counts, allow_zero=False)
-        dtype = torch.get_default_dtype()
-        self.register_buffer("class_counts", counts.to(dtype))
-        self.register_buffer("target_weight", class_weights(counts, self.mode, self.beta).to(dtype))
-        self.register_buffer("weight", torch.ones_like(self.target_weight))
+        _register_drw_buffers(self, class_counts, self.mode, self.beta)
         self.epoch = 0
         self.set_epoch(0)
 

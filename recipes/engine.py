@@ -3,7 +3,6 @@ on-device batch augmentation, prediction, checkpoints (atomic, ``weights_only``-
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -49,6 +48,14 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
+    """``t`` averaged over the ranks, in place (unchanged with one process)."""
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return t
+
+
 def broadcast_object(obj: Any, world: int) -> Any:
     if world == 1:
         return obj
@@ -84,13 +91,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, fsync, rename. Only tensors and plain values go in, so the
     file loads with ``torch.load(weights_only=True)``. A process killed while writing leaves the old
     file intact and at most a hidden ``.NAME.*.tmp`` beside it (:func:`remove_stale_temporaries`)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data = buffer.getbuffer()
-    with atomic_path(path, fsync=True) as tmp, open(tmp, "xb") as f:
-        f.write(data[: len(data) // 2])
-        fault_point("save")  # tests: a kill in the middle of a checkpoint write
-        f.write(data[len(data) // 2:])
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
+        fault_point("save")  # tests: a kill after writing, before the rename (the target is untouched until then)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
@@ -108,8 +111,8 @@ _FAULT_COUNTS: dict[str, int] = {}
 
 def fault_point(name: str) -> None:
     """Fault injection for the reliability tests: ``RSKD_FAULT=NAME:N`` SIGKILLs this process at the
-    N-th time (1-based) it passes the point ``NAME`` ("step": before a training step; "save": in the
-    middle of a checkpoint write). Without the variable this does nothing."""
+    N-th time (1-based) it passes the point ``NAME`` ("step": before a training step; "save": a
+    checkpoint written to its temporary file, not yet renamed). Without the variable this does nothing."""
     spec = os.environ.get("RSKD_FAULT")
     if not spec:
         return

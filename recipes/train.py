@@ -97,28 +97,28 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
             everything = MultiLabelCSVDataset(csv, image_dir, image_suffix=d["image_suffix"],
                                               class_names=d["class_names"], check_images=False,
                                               empty_classes="ignore")
-            bad = [(b.row, b.line, str(b.path), b.reason) for b in find_bad_images(everything, d["num_workers"])]
+            bad = find_bad_images(everything, d["num_workers"])
     bad = engine.broadcast_object(bad, world)
     engine.barrier(world)
     splits = splits_for_csv(csv, **split_args)
     fold = splits[d["fold"] if d["scheme"] == "kfold" else 0]
     table = read_label_csv(csv, class_names=d["class_names"])
     targets = np.asarray(table.targets)
-    bad_rows = np.asarray(sorted(b[0] for b in bad), dtype=np.int64)
-    rows = {part: (lambda r: r[~np.isin(r, bad_rows)])(np.asarray(fold.part(part), dtype=np.int64))
-            for part in ("train", "val", "test")}
+    bad_rows = np.asarray(sorted(b.row for b in bad), dtype=np.int64)
+    fold_rows = {part: np.asarray(fold.part(part), dtype=np.int64) for part in ("train", "val", "test")}
+    rows = {part: r[~np.isin(r, bad_rows)] for part, r in fold_rows.items()}  # order kept
     skipped = None
     if d["skip_bad_images"]:
-        skipped = {"count": len(bad), **{part: int(len(fold.part(part)) - len(r)) for part, r in rows.items()},
-                   "files": [{"line": line, "path": path, "reason": why} for _, line, path, why in bad[:50]]}
+        skipped = {"count": len(bad), **{part: len(fold_rows[part]) - len(r) for part, r in rows.items()},
+                   "files": [{"line": b.line, "path": str(b.path), "reason": b.reason} for b in bad[:50]]}
         if engine.is_main(rank) and bad:
             print(f"data.skip_bad_images: skipping {len(bad)} unreadable image(s) (train {skipped['train']}, "
-                  f"val {skipped['val']}, test {skipped['test']}); first: line {bad[0][1]} {bad[0][2]}: "
-                  f"{bad[0][3]}", file=sys.stderr, flush=True)
-    data_id = f"{file_sha256(csv)}:{d['scheme']}:split_seed{d['split_seed']}:fold{d['fold']}"
-    return {"csv": csv, "image_dir": image_dir, "class_names": tuple(table.class_names), "rows": rows,
-            "data_id": data_id,
-            "fold_id": d["fold"], "train_counts": targets[rows["train"]].sum(0).astype(np.int64),
+                  f"val {skipped['val']}, test {skipped['test']}); first: line {bad[0].line} {bad[0].path}: "
+                  f"{bad[0].reason}", file=sys.stderr, flush=True)
+    csv_sha = file_sha256(csv)
+    return {"csv": csv, "csv_sha": csv_sha, "image_dir": image_dir, "class_names": tuple(table.class_names),
+            "rows": rows, "data_id": f"{csv_sha}:{d['scheme']}:split_seed{d['split_seed']}:fold{d['fold']}",
+            "train_counts": targets[rows["train"]].sum(0).astype(np.int64),
             "train_targets": targets[rows["train"]], "num_rows": targets.shape[0], "bad_rows": bad_rows,
             "skipped": skipped}
 
@@ -138,7 +138,7 @@ def make_dataset(cfg: Mapping, data: Mapping, part: str):
                                   transform=None if d["preload"] else uint8_transform(size))
     if not d["preload"]:
         return ds
-    cache = Path(d["root"]) / ".cache" / f"decoded_{size}px_{file_sha256(data['csv'])[:16]}.npy"
+    cache = Path(d["root"]) / ".cache" / f"decoded_{size}px_{data['csv_sha'][:16]}.npy"
     return engine.Preloaded(ds, size, cache, skip_rows=data["bad_rows"], workers=d["num_workers"])
 
 
@@ -325,7 +325,7 @@ def config_differences(saved: Mapping, current: Mapping, prefix: str = "") -> li
         where, a, b = f"{prefix}{key}", saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += config_differences(a, b, where + ".")
-        elif where not in RESUME_FREE_KEYS and json.dumps(a, default=list) != json.dumps(b, default=list):
+        elif where not in RESUME_FREE_KEYS and a != b:
             out.append(f"{where} (saved {a!r}, now {b!r})")
     return out
 
@@ -335,7 +335,7 @@ def _resume_state(out_dir: Path, cfg: Mapping) -> dict | None:
     if not (out_dir / "last.pt").is_file():
         return None  # --resume without a checkpoint starts afresh
     state = engine.load_checkpoint(out_dir / "last.pt")
-    diff = config_differences(state["config"], json.loads(json.dumps(cfg, default=list)))
+    diff = config_differences(state["config"], cfg)
     if diff:
         raise ConfigError(f"--resume: {out_dir / 'last.pt'} was written with another config; differing keys: "
                           f"{'; '.join(diff)}. Resume with the same config, or start a new run in another "
@@ -364,7 +364,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     seed_everything(r["seed"] + rank, r["deterministic"])
     amp = device.type == "cuda" and r["amp"] in ("auto", "bf16")
     channels_last = r["channels_last"] in ("auto", True)  # faster on GPU and, measured, on CPU too
-    saved = _resume_state(out_dir, cfg) if resume else None
+    plain_cfg = json.loads(json.dumps(cfg, default=list))  # tuples as lists, as a checkpoint stores it
+    saved = _resume_state(out_dir, plain_cfg) if resume else None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         stale = engine.remove_stale_temporaries(out_dir)
@@ -473,7 +474,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                 "centroid_optimizer": centroid_opt.state_dict() if centroid_opt is not None else {},
                 "scheduler": plateau.state_dict(), "criterion": criterion.state_dict(), "epoch": epoch,
                 "step": step, "best_map": best, "loss_sum": loss_sum.detach().double().cpu(),
-                "config": json.loads(json.dumps(cfg, default=list)), "class_names": cls_names,
+                "config": plain_cfg, "class_names": cls_names,
                 "data_id": data["data_id"],
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0)}
@@ -570,17 +571,17 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                     centroid_opt.step()
                 loss_sum += loss_d
                 steps += 1
-                if steps % r["log_every"] == 0:
+                save = r["checkpoint_every"] and steps % r["checkpoint_every"] == 0
+                if save or steps % r["log_every"] == 0:
                     check_finite(first_bad, epoch)
-                if r["checkpoint_every"] and steps % r["checkpoint_every"] == 0:
-                    check_finite(first_bad, epoch)
+                if save:
+                    # the ranks' mean: every rank resumes from it, and the epoch's mean over ranks stays right
+                    mean_sum = engine.mean_over_ranks(loss_sum.clone(), world)
                     if main:
-                        engine.atomic_torch_save(checkpoint(epoch, steps, best_map, loss_sum), out_dir / "last.pt")
+                        engine.atomic_torch_save(checkpoint(epoch, steps, best_map, mean_sum), out_dir / "last.pt")
                     engine.barrier(world)
         check_finite(first_bad, epoch)
-        if world > 1:  # the logged training loss is the mean over every rank's batches
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum /= world
+        loss_sum = engine.mean_over_ranks(loss_sum, world)  # the logged loss covers every rank's batches
         train_loss = float(loss_sum) / max(steps, 1)
         val = evaluate(model, val_loader, device, augment, amp, world, centroids=centroids())
         val_map = summarize(val["ap"], cls_counts, thresholds)

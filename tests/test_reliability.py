@@ -2,8 +2,8 @@
 mismatched resumes. Every run is a real subprocess on a tiny synthetic set, CPU, deterministic.
 
 A kill is a real SIGKILL, delivered by the process to itself at a chosen point
-(``RSKD_FAULT=step:N``: before the N-th training step; ``RSKD_FAULT=save:N``: half-way through
-writing the N-th checkpoint; ``recipes.engine.fault_point``), so the test does not depend on timing.
+(``RSKD_FAULT=step:N``: before the N-th training step; ``RSKD_FAULT=save:N``: after writing the
+N-th checkpoint to its temporary file, before the rename; ``recipes.engine.fault_point``), so the test does not depend on timing.
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_old_one_and_resumes_exact
     killed = train(env, "kill_save", fault="save:3", check=False)
     assert killed.returncode == -signal.SIGKILL
     partial = [p for p in os.listdir(out) if p.endswith(".tmp")]
-    assert partial  # the kill really happened half-way through a write
+    assert partial  # the kill really happened during a write
     for name in ("last.pt", "best.pt"):  # what is there is complete and loads
         torch.load(out / name, weights_only=True)
     resumed = train(env, "kill_save", resume=True)

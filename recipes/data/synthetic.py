@@ -359,17 +359,26 @@ def _grid(w: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRID_CACHE[w]
 
 
-def _blend_blob(img: np.ndarray, cy: float, cx: float, r: float, color: Sequence[float], alpha: float,
-                soft: float = 0.6, ring: float | None = None) -> None:
-    """Alpha-blend a soft disc (or, with ``ring`` = thickness, an annulus) into ``img`` in place."""
+def _window(img: np.ndarray, cy: float, cx: float, pad: float):
+    """The box of ``img`` within ``pad`` of (cy, cx), clipped, and the pixel-centre offsets (dy column,
+    dx row) from (cy, cx); None when the box is empty."""
     h, w, _ = img.shape
-    pad = r + soft + (ring or 0) + 1
     y0, y1 = max(0, int(cy - pad)), min(h, int(cy + pad) + 1)
     x0, x1 = max(0, int(cx - pad)), min(w, int(cx + pad) + 1)
     if y0 >= y1 or x0 >= x1:
-        return
+        return None
     dy = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
     dx = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    return (y0, y1, x0, x1), dy, dx
+
+
+def _blend_blob(img: np.ndarray, cy: float, cx: float, r: float, color: Sequence[float], alpha: float,
+                soft: float = 0.6, ring: float | None = None) -> None:
+    """Alpha-blend a soft disc (or, with ``ring`` = thickness, an annulus) into ``img`` in place."""
+    win = _window(img, cy, cx, r + soft + (ring or 0) + 1)
+    if win is None:
+        return
+    (y0, y1, x0, x1), dy, dx = win
     d = np.sqrt(dy * dy + dx * dx)
     if ring is None:
         a = np.clip((r - d) / soft + 0.5, 0.0, 1.0)
@@ -383,14 +392,10 @@ def _blend_blob(img: np.ndarray, cy: float, cx: float, r: float, color: Sequence
 
 def _darken(img: np.ndarray, cy: float, cx: float, r: float) -> None:
     """Darken (and brown) a Gaussian spot of radius ~``r`` in place: the macula."""
-    h, w, _ = img.shape
-    pad = 2.5 * r
-    y0, y1 = max(0, int(cy - pad)), min(h, int(cy + pad) + 1)
-    x0, x1 = max(0, int(cx - pad)), min(w, int(cx + pad) + 1)
-    if y0 >= y1 or x0 >= x1:
+    win = _window(img, cy, cx, 2.5 * r)
+    if win is None:
         return
-    dy = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
-    dx = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    (y0, y1, x0, x1), dy, dx = win
     g = np.exp(-(dy * dy + dx * dx) * np.float32(1.2 / (r * r)))[..., None]
     img[y0:y1, x0:x1] *= (1 - 0.30 * g) * (1 - g * np.array([0.0, 0.08, 0.1], np.float32))
 

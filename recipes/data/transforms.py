@@ -19,6 +19,11 @@ choice, kept mild because lesions are small and colour carries diagnosis:
 * ``eval_transform``: ``Resize(size)`` (short side) then ``CenterCrop(size)``: deterministic; on
   the square crops of :mod:`recipes.data.cache` this is a plain resize.
 
+The recipes do not run ``train_transform`` in their loaders: they decode and resize on the CPU with
+``uint8_transform`` and run the same augmentation batched on the device
+(``recipes.engine.BatchAugment``, the same ranges, hue left out); ``train_transform`` /
+``eval_transform`` are for a user's own CPU pipeline.
+
 Resizing is bilinear with antialiasing (the torchvision reference's default interpolation).
 """
 from __future__ import annotations
