@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The device checks, in one script (a GPU machine's time is scarce): the KD-loss micro-benchmark, the
-# student-step benchmark (ResNet-50, 256 px, batch 256, bf16, channels_last), and a short end-to-end
-# GPU run of the recipes (ERM, shot teachers + student, OLTR) on the synthetic benchmark.
+# The device checks, in one script (a GPU machine's time is scarce): recipes/benchmark.py (issue 7: model
+# step, student ratios, data pipeline, end to end), the KD-loss micro-benchmark, the student-step
+# benchmark (ResNet-50, 256 px, batch 256, bf16, channels_last), and a short end-to-end GPU run of the
+# recipes (ERM, shot teachers + student, OLTR) on the synthetic benchmark.
 # Usage: OUT=/some/folder bash benchmarks/gpu_checks.sh    (wheels for missing packages in .whl/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+# issue 7: the whole-run benchmark first (model step, student ratios, pipeline, end to end; about 3 min)
+python3 recipes/benchmark.py --json "$OUT/benchmark.json" 2>&1 | grep -v '^[ {}]' | tee "$OUT/benchmark.txt"
 python3 benchmarks/bench_kd_loss.py --repeats 100 2>&1 | tee "$OUT/bench_kd_loss.txt"
 python3 benchmarks/bench_student_step.py --steps 30 2>&1 | tee "$OUT/bench_student_step.txt"
 python3 recipes/table3.py --profile demo --out /tmp/gpu_sweep --tables 3 --rows erm ours_shot oltr \
