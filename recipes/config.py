@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
                       "num_subsets": None},
         "subset": None,            # teacher: the subset index
-        "teacher_images": "all",   # teacher: all | positive
+        "teacher_images": "positive",  # teacher: positive | all (measured: recipes/README.md, Outcome)
         "teachers_dir": None,      # student: the folder holding subset0..subsetK-1 teacher runs
         "teacher_mode": "bank",    # student: bank | online
         "kd": {"temperature": 10.0, "delta": 0.6, "order": "student_teacher", "dynamic_weights": True,

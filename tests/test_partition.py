@@ -585,12 +585,13 @@ def test_teacher_view_both_image_modes(as_type):
     v1 = part.teacher_view(1, targets, images="positive")
     assert v0.sample_indices.tolist() == [0, 2] and v0.columns == (0, 1)
     assert v1.sample_indices.tolist() == [1, 2, 4] and v1.columns == (2, 3)
-    every = part.teacher_view(1, targets)  # default "all": every image, image 3 is an all-negative example
+    every = part.teacher_view(1, targets, images="all")  # every image, image 3 is an all-negative example
     assert every.images == "all" and every.sample_indices.tolist() == [0, 1, 2, 3, 4]
     assert every.sample_indices.dtype == np.int64 and v1.sample_indices.dtype == np.int64
     assert not every.sample_indices.flags.writeable
     assert every == TeacherView(1, (2, 3), np.arange(5, dtype=np.int64), "all")
     assert every != v1
+    assert part.teacher_view(1, targets) == v1  # the default: positive images (measured, see the docstring)
 
 
 def test_teacher_view_errors_and_does_not_touch_targets():
