@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
                       "num_subsets": None},
         "subset": None,            # teacher: the subset index
-        "teacher_images": "positive",  # teacher: positive | all (measured: recipes/README.md, Outcome)
+        "teacher_images": "positive",  # teacher: positive | all | balanced (Partition.teacher_view)
         "teachers_dir": None,      # student: the folder holding subset0..subsetK-1 teacher runs
         "teacher_mode": "bank",    # student: bank | online
         "kd": {"temperature": 10.0, "delta": 0.6, "order": "student_teacher", "dynamic_weights": True,
@@ -235,7 +235,8 @@ def validate(cfg: Mapping) -> None:
     if meth["stage"] == "teacher":
         _check(_is_int(meth["subset"]) and meth["subset"] >= 0, "method.subset", "a subset index >= 0",
                meth["subset"])
-    _check(meth["teacher_images"] in ("all", "positive"), "method.teacher_images", "all or positive",
+    _check(meth["teacher_images"] in ("all", "positive", "balanced"), "method.teacher_images",
+           "all, positive or balanced",
            meth["teacher_images"])
     if meth["stage"] == "student":
         _check(isinstance(meth["teachers_dir"], str), "method.teachers_dir", "the teachers' run folder",

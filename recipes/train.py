@@ -19,6 +19,7 @@ the best checkpoint). Everything is written atomically; checkpoints load with ``
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import sys
@@ -43,6 +44,7 @@ from recipes.config import ConfigError, load_config
 from recipes.models import build_model
 from rskd_loss import (Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, WeightedSubsetKDLoss,
                        file_sha256)
+from rskd_loss.fileio import atomic_write_bytes
 from rskd_loss.metrics import average_precision_per_class, group_map
 from rskd_loss.validation import value_checks
 
@@ -389,7 +391,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         if meth["subset"] >= partition.num_subsets:
             raise ConfigError(f"method.subset={meth['subset']} but the partition has {partition.num_subsets} "
                               f"subsets {partition.names}")
-        view = partition.teacher_view(meth["subset"], data["train_targets"], images=meth["teacher_images"])
+        view = partition.teacher_view(meth["subset"], data["train_targets"], images=meth["teacher_images"],
+                                      seed=r["seed"])
         columns, train_positions = list(view.columns), view.sample_indices
         if main:
             partition.to_json(out_dir.parent / "partition.json")
@@ -527,6 +530,10 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         if teachers is not None:
             teachers.train()  # stays in eval: SubsetTeachers is frozen
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        # student: summed |dL/dz| per class of (base, KD) over the epoch's samples (after a mid-epoch
+        # resume: over the batches trained since)
+        grad_sum = torch.zeros(2, len(columns), dtype=torch.float64, device=device)
+        grad_count = 0
         # the data were checked when read: no per-step value check (each one a host-device sync)
         with value_checks(False):
             for x, y, idx in engine.progress(train_loader, main, f"{meth['name']} {epoch + 1}/{sched['epochs']}"):
@@ -552,7 +559,13 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                     else:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                             t_logits = teachers(x).float()
-                    loss = criterion(logits, y, t_logits, **kwargs)
+                    parts = criterion(logits, y, t_logits, return_parts=True, **kwargs)
+                    loss = parts.loss
+                    # diagnostic: |dL/dz| per class of the base loss and of the KD term (loss-level only)
+                    g_base, g_kd = (torch.autograd.grad(part, logits, retain_graph=True)[0]
+                                    for part in (parts.base_loss, parts.kd_loss))
+                    grad_sum += torch.stack((g_base.abs().sum(0), g_kd.abs().sum(0)))
+                    grad_count += len(y)
                 else:
                     loss = criterion(logits, y, **kwargs)
                 loss_d = loss.detach()
@@ -581,6 +594,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                         engine.atomic_torch_save(checkpoint(epoch, steps, best_map, mean_sum), out_dir / "last.pt")
                     engine.barrier(world)
         check_finite(first_bad, epoch)
+        grad_mean = engine.mean_over_ranks(grad_sum / max(grad_count, 1), world)
         loss_sum = engine.mean_over_ranks(loss_sum, world)  # the logged loss covers every rank's batches
         train_loss = float(loss_sum) / max(steps, 1)
         val = evaluate(model, val_loader, device, augment, amp, world, centroids=centroids())
@@ -597,6 +611,8 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                     "val_map": val_map, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
             if weights is not None:
                 line["kd_weights"] = weights
+            if stage == "student":
+                line["grad_base"], line["grad_kd"] = grad_mean.tolist()
             engine.append_jsonl(out_dir / "metrics.jsonl", line)
             state = checkpoint(epoch, 0, best_map, loss_sum)
             if improved:  # best.pt before last.pt: a kill in between redoes this epoch, identically
@@ -630,6 +646,12 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     result["test"]["map"] = {k: (None if v != v else v) for k, v in result["test"]["map"].items()}
     result["val"]["map"] = {k: (None if v != v else v) for k, v in result["val"]["map"].items()}
     if main:
+        # per-image predictions of the best model (pooled over folds, teacher diagnostics)
+        buf = io.BytesIO()
+        np.savez(buf, classes=np.asarray(columns), **{f"{part}_{key}": value for part, res in (("val", val), ("test", test))
+                                                      for key, value in (("logits", res["logits"]), ("targets", res["targets"]),
+                                                                         ("rows", data["rows"][part]))})
+        atomic_write_bytes(out_dir / "predictions.npz", buf.getvalue())
         engine.atomic_write_json(out_dir / "result.json", result)
         m = result["test"]["map"]
         fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.2f}"  # noqa: E731

@@ -594,13 +594,31 @@ def test_teacher_view_both_image_modes(as_type):
     assert part.teacher_view(1, targets) == v1  # the default: positive images (measured, see the docstring)
 
 
+def test_teacher_view_balanced_adds_as_many_negatives_as_positives():
+    # 60 images: subset 0 = class 0, positive on rows 0..9 (10 positives, 50 negatives)
+    targets = np.zeros((60, 2), dtype=np.int64)
+    targets[:10, 0] = 1
+    targets[10:, 1] = 1
+    part = Partition([[0], [1]], names=["a", "b"], num_classes=2)
+    view = part.teacher_view(0, targets, images="balanced", seed=3)
+    idx = view.sample_indices
+    assert view.images == "balanced" and len(idx) == 20 and len(set(idx.tolist())) == 20
+    assert set(range(10)) <= set(idx.tolist())                 # every positive kept
+    assert (targets[idx, 0] == 0).sum() == 10                  # exactly as many negatives
+    assert idx.tolist() == sorted(idx.tolist()) and not idx.flags.writeable
+    assert np.array_equal(part.teacher_view(0, targets, images="balanced", seed=3).sample_indices, idx)
+    assert not np.array_equal(part.teacher_view(0, targets, images="balanced", seed=4).sample_indices, idx)
+    # subset 1 has 50 positives and only 10 negatives: every image
+    assert part.teacher_view(1, targets, images="balanced").sample_indices.tolist() == list(range(60))
+
+
 def test_teacher_view_errors_and_does_not_touch_targets():
     part = Partition([[0, 1], [2, 3]], names=["s0", "s1"], num_classes=4)
     targets = torch.from_numpy(TARGETS.copy())
     before = targets.clone()
     part.teacher_view(0, targets, images="positive")
     assert torch.equal(targets, before)
-    with pytest.raises(ValueError, match=r"images must be one of \('all', 'positive'\), got 'negative'"):
+    with pytest.raises(ValueError, match=r"images must be one of \('all', 'positive', 'balanced'\), got 'negative'"):
         part.teacher_view(0, targets, images="negative")
     with pytest.raises(ValueError, match=r"k must be a subset index in \[0, 1\], got 2"):
         part.teacher_view(2, targets)

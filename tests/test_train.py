@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,18 @@ def test_baseline_teacher_student(env: Path) -> None:
     assert student["stage"] == "student" and len(student["teacher_val_ap"]) == 8
     line = json.loads((env / "ours" / "metrics.jsonl").read_text().splitlines()[-1])
     assert len(line["kd_weights"]) == 8 and all(0.0 <= w <= 1.0 for w in line["kd_weights"])
+    # the gradient diagnostic: mean |dL/dz| per class of the base loss and of the KD term
+    assert len(line["grad_base"]) == len(line["grad_kd"]) == 8
+    assert all(g > 0 for g in line["grad_base"]) and all(g >= 0 for g in line["grad_kd"])
+    # per-image predictions of the best model: the test AP of result.json recomputed from them
+    from rskd_loss.metrics import average_precision_per_class
+
+    pred = np.load(env / "ours" / "predictions.npz")
+    assert pred["test_logits"].shape == (len(pred["test_rows"]), 8) and pred["classes"].tolist() == list(range(8))
+    ap = average_precision_per_class(pred["test_logits"], pred["test_targets"])
+    assert np.allclose(np.nan_to_num(ap, nan=-1), [-1 if a is None else a for a in student["test"]["ap"]])
+    t_pred = np.load(env / "teachers" / "subset0" / "predictions.npz")
+    assert t_pred["val_logits"].shape[1] == len(part.subsets[0]) and t_pred["classes"].tolist() == list(part.subsets[0])
     assert list(env.joinpath("teachers").glob("bank_train_*px.rskd"))
     # a student whose partition differs from the teachers' is refused
     with pytest.raises(ValueError, match=r"partition.json was built for another partition or fold"):
