@@ -216,6 +216,7 @@ def build_jobs(
     ours_rule: str = "shot",
     sets: Sequence[str] = (),
     fold_data: FoldData | None = None,
+    teacher_seed: int | None = None,
 ) -> list[Job]:
     """Expand rows x folds x seeds into jobs, each after the jobs it depends on.
 
@@ -226,6 +227,9 @@ def build_jobs(
     Args:
         fold_data: ``cfg -> (train class counts, class names)`` of the fold in ``cfg``; default
             :func:`fold_class_data` (reads / generates the data set). Tests pass a fixed vector.
+        teacher_seed: ``None``: every (fold, seed) cell trains its own teachers. An int: the teachers
+            of a fold are trained once, with this seed (in the cell ``fold<k>/seed<teacher_seed>``),
+            and the students of every seed distil them, so the seeds vary the students only.
     """
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -236,6 +240,7 @@ def build_jobs(
     sets = tuple(sets)
     jobs: list[Job] = []
     k_cache: dict[tuple[int, str], int] = {}
+    listed: set[str] = set()
 
     def load(rel: str, extra: Sequence[str]) -> dict:
         return load_config(_config_path(rel), profile, [*sets, *extra])
@@ -244,7 +249,6 @@ def build_jobs(
         for seed in seeds:
             cell = _cell(out, fold, seed)
             base = (f"data.fold={fold}", f"run.seed={seed}")
-            listed: set[str] = set()
 
             def add(job: Job) -> None:
                 listed.add(job.id)
@@ -260,10 +264,12 @@ def build_jobs(
                 return jid
 
             def need_teachers(rule: str) -> tuple[Path, tuple[str, ...]]:
-                tdir = teachers_dir(out, fold, seed, rule)
+                tseed = seed if teacher_seed is None else teacher_seed
+                tdir = teachers_dir(out, fold, tseed, rule)
+                tbase = (f"data.fold={fold}", f"run.seed={tseed}")
                 rel = TEACHER_CONFIG[rule]
                 if (fold, rule) not in k_cache:
-                    cfg = load(rel, base)
+                    cfg = load(rel, tbase)
                     counts, names = fold_data(cfg)
                     k_cache[(fold, rule)] = count_subsets(cfg, counts, names)
                 ids = []
@@ -272,9 +278,9 @@ def build_jobs(
                     jid = _rel_id(out, d)
                     ids.append(jid)
                     if jid not in listed:
-                        extra = (*base, f"method.subset={j}")
+                        extra = (*tbase, f"method.subset={j}")
                         load(rel, extra)
-                        add(Job(jid, rel, profile, str(d), (*sets, *extra), (), "teacher", None, fold, seed))
+                        add(Job(jid, rel, profile, str(d), (*sets, *extra), (), "teacher", None, fold, tseed))
                 return tdir, tuple(ids)
 
             for row in rows:
@@ -805,6 +811,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="sweep folder (default runs/table3/<profile>)")
     p.add_argument("--ours-rule", choices=RULES, default="shot",
                    help="the teachers of the 'Ours + X' rows (default shot)")
+    p.add_argument("--teacher-seed", type=int, default=None,
+                   help="train each fold's teachers once, with this seed, for the students of every seed "
+                        "(default: teachers per fold and seed)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every job, e.g. schedule.epochs=2")
     mode = p.add_mutually_exclusive_group()
@@ -826,18 +835,19 @@ def _profile_name(profile: str) -> str:
     return Path(profile).stem if profile.endswith(".py") else profile
 
 
-def _check_manifest(out: Path, profile: str, sets: Sequence[str]) -> None:
-    """Refuse to run into a folder made with another profile or other overrides; else record them."""
+def _check_manifest(out: Path, profile: str, sets: Sequence[str], teacher_seed: int | None = None) -> None:
+    """Refuse to run into a folder made with another profile, overrides or teacher seed; else record them."""
     path = out / "sweep.json"
-    want = {"profile": profile, "set": list(sets)}
+    want = {"profile": profile, "set": list(sets), "teacher_seed": teacher_seed}
     if path.is_file():
         try:
             have = json.loads(path.read_text("utf-8"))
         except ValueError as exc:
             raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc})") from exc
         if {k: have.get(k) for k in want} != want:
-            raise SweepError(f"{out} holds a sweep made with profile {have.get('profile')!r} and --set "
-                             f"{have.get('set')}, expected profile {profile!r} and --set {list(sets)}; "
+            raise SweepError(f"{out} holds a sweep made with profile {have.get('profile')!r}, --set "
+                             f"{have.get('set')} and --teacher-seed {have.get('teacher_seed')}, expected profile "
+                             f"{profile!r}, --set {list(sets)} and --teacher-seed {teacher_seed}; "
                              f"its finished runs would be reused: choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -864,11 +874,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = None
     if not a.collect_only:
-        jobs = build_jobs(rows, folds, a.seeds, out, a.profile, ours_rule=a.ours_rule, sets=a.set)
+        jobs = build_jobs(rows, folds, a.seeds, out, a.profile, ours_rule=a.ours_rule, sets=a.set,
+                          teacher_seed=a.teacher_seed)
         if a.print_commands:
             print_commands(jobs, nproc_per_node=a.nproc_per_node, launcher_args=shlex.split(a.launcher_args))
             return 0
-        _check_manifest(out, a.profile, a.set)
+        _check_manifest(out, a.profile, a.set, a.teacher_seed)
         t0 = time.time()
         report = run_jobs(jobs, out, gpus=a.gpus, jobs_at_once=a.jobs, in_process=not a.subprocess)
         print(f"[sweep] {len(report.done)} run(s) done, {len(report.skipped)} already finished, "

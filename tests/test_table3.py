@@ -213,6 +213,27 @@ def test_folds_and_seeds_expand_into_separate_cells(tmp_path):
         assert (cfg["data"]["fold"], cfg["run"]["seed"]) == (j.fold, j.seed)
 
 
+def test_teacher_seed_trains_each_folds_teachers_once_for_every_seed(tmp_path):
+    rows = ["ours_shot"]
+    jobs = build_jobs(rows, (0, 1), (0, 1), tmp_path / "sweep", "paper", fold_data=fixed_fold_data(),
+                      teacher_seed=0)
+    teachers = [j for j in jobs if j.stage == "teacher"]
+    assert [j.id for j in teachers] == [f"fold{f}/seed0/teachers_shot/subset{k}" for f in (0, 1) for k in range(3)]
+    assert all(j.seed == 0 and "run.seed=0" in j.sets for j in teachers)
+    students = [j for j in jobs if j.stage == "student"]
+    assert [j.id for j in students] == ["fold0/seed0/ours_shot", "fold0/seed1/ours_shot",
+                                        "fold1/seed0/ours_shot", "fold1/seed1/ours_shot"]
+    for j in students:  # the seed-1 student distils the fold's seed-0 teachers
+        cfg = load_config(CONFIG_DIR / j.config, j.profile, j.sets)
+        assert cfg["run"]["seed"] == j.seed
+        assert cfg["method"]["teachers_dir"] == str(tmp_path / "sweep" / f"fold{j.fold}" / "seed0" / "teachers_shot")
+        assert set(j.deps) == {f"fold{j.fold}/seed0/teachers_shot/subset{k}" for k in range(3)}
+    assert topological_order(jobs) == jobs
+    # without it, every cell has its own teachers
+    per_cell = build_jobs(rows, (0, 1), (0, 1), tmp_path / "sweep", "paper", fold_data=fixed_fold_data())
+    assert sum(j.stage == "teacher" for j in per_cell) == 12
+
+
 def test_bad_sweep_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown row"):
         demo_jobs(tmp_path, rows=["erm", "nope"])
