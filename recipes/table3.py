@@ -49,6 +49,8 @@ total mAP) against ERM, classes sorted by training count (``fig5_ap_change.png``
 paper's Fig. 5), and, when the data set's CSV is present, the class distribution (``class_counts.png``,
 Fig. 1) and each rule's subset distributions (``subsets_<rule>/subsets.png``, Fig. 4), both drawn by
 :func:`recipes.data.describe.describe`.
+``--evidence`` (with ``--pair ROW:REF``, repeatable) also writes ``evidence/``: paired differences, pooled-over-folds
+mAP with bootstrap intervals and the method's diagnostics (:func:`recipes.evidence.write_evidence`).
 """
 from __future__ import annotations
 
@@ -828,6 +830,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "'--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=rskd')")
     p.add_argument("--collect-only", action="store_true", help="only collect the tables and figures")
     p.add_argument("--no-figures", action="store_true", help="collect the tables only")
+    p.add_argument("--evidence", action="store_true", help="also write evidence/ (recipes/evidence.py)")
+    p.add_argument("--pair", action="append", default=[], metavar="ROW:REF", help="--evidence: compare ROW with REF too")
     return p
 
 
@@ -860,6 +864,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: --jobs must be >= 1, got {a.jobs}")
     if a.nproc_per_node < 1:
         raise SystemExit(f"error: --nproc-per-node must be >= 1, got {a.nproc_per_node}")
+    pairs = [tuple(p.split(":")) for p in a.pair]  # --evidence comparisons
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise SystemExit(f"error: --pair must be ROW:REF (e.g. ours_focal:focal), got {a.pair}")
     resolve_profile(a.profile)  # an unknown profile: ConfigError listing the valid ones
     out = Path(a.out) if a.out else Path("runs") / "table3" / _profile_name(a.profile)
     rows = list(dict.fromkeys(a.rows if a.rows else [r for t in a.tables for r in TABLES[t]]))
@@ -889,6 +896,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = collect(out, a.tables, rows, folds, a.seeds, ours_rule=a.ours_rule, thresholds=thresholds,
                    cfg=base_cfg, title=title, figures=not a.no_figures)
     print(text)
+    if a.evidence:
+        from recipes.evidence import write_evidence
+        print(write_evidence(out, folds, a.seeds, rows, ours_rule=a.ours_rule, thresholds=thresholds,
+                             pairs=pairs, figures=not a.no_figures))
     times = stage_times(out, folds, a.seeds)
     if times:
         print("time per stage (sum over finished runs): "
