@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_logits_targets, check_positive, check_same_shape, reduce_loss
+from .validation import (
+    check_logits_targets,
+    check_positive,
+    check_same_shape,
+    reduce_loss,
+    value_checks_enabled,
+)
 from .weights import KDWeightSchedule, _as_metric
 
 __all__ = ["binary_kd_loss", "WeightedSubsetKDLoss", "KDLossParts", "KD_ORDERS"]
@@ -159,10 +165,15 @@ class WeightedSubsetKDLoss(nn.Module):
         order: ``"student_teacher"`` (Eq. 2 as printed, default) or ``"teacher_student"``.
         kd_weight: :math:`\lambda`, a global factor on the KD term (default 1: the paper has none).
         scale_by_t2: multiply the KD term by T^2 (default off: the paper has none).
+        soft_targets: accept targets anywhere in [0, 1] (mixup, cutmix, label smoothing) for this
+            criterion; values outside [0, 1] or NaN are still refused. Default ``False``: targets
+            must be multi-hot {0, 1}. The wrapped ``base`` must accept soft targets too
+            (``nn.BCEWithLogitsLoss`` does).
 
     Shape:
         - logits, targets, teacher_logits: (N, C).
-        - teacher_mask: optional bool (C,) (classes some teacher covers) or (N, C).
+        - teacher_mask: optional (C,) (classes some teacher covers) or (N, C), bool or integer
+          0/1 (a float mask is refused).
         - output: what ``base`` returns (a scalar, or (N, C) for a per-element base).
 
     Example:
@@ -185,8 +196,11 @@ class WeightedSubsetKDLoss(nn.Module):
         order: str = "student_teacher",
         kd_weight: float = 1.0,
         scale_by_t2: bool = False,
+        soft_targets: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(soft_targets, bool):
+            raise TypeError(f"soft_targets must be a bool, got {type(soft_targets).__name__}")
         if not callable(base):
             raise TypeError(f"base must be a callable criterion, got {type(base).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -200,6 +214,7 @@ class WeightedSubsetKDLoss(nn.Module):
         self.order = order
         self.kd_weight = check_positive(kd_weight, "kd_weight", allow_zero=True)
         self.scale_by_t2 = bool(scale_by_t2)
+        self.soft_targets = soft_targets
         self.register_buffer("weights", torch.ones(num_classes))
 
     @property
@@ -224,12 +239,24 @@ class WeightedSubsetKDLoss(nn.Module):
     def _check_mask(self, mask: object, shape: torch.Size, device: torch.device) -> torch.Tensor:
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"teacher_mask must be a bool torch.Tensor, got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"teacher_mask must have dtype torch.bool, got {mask.dtype}")
+        if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
+            raise TypeError(
+                f"teacher_mask must have dtype torch.bool, got {mask.dtype} (an integer 0/1 mask is "
+                f"also accepted)"
+            )
         if tuple(mask.shape) not in ((shape[1],), tuple(shape)):
             raise ValueError(
                 f"teacher_mask must have shape ({shape[1]},) or {tuple(shape)}, got {tuple(mask.shape)}"
             )
+        if mask.dtype != torch.bool:
+            if value_checks_enabled() and mask.numel():
+                bad = (mask != 0) & (mask != 1)
+                if bool(bad.any()):
+                    idx = tuple(int(i) for i in bad.nonzero()[0])
+                    raise ValueError(
+                        f"an integer teacher_mask must hold only 0 and 1, got {mask[idx].item()} at index {idx}"
+                    )
+            mask = mask != 0
         return mask.to(device)
 
     def forward(
@@ -241,7 +268,7 @@ class WeightedSubsetKDLoss(nn.Module):
         return_parts: bool = False,
         **base_kwargs: Any,
     ) -> torch.Tensor | KDLossParts:
-        logits, _ = check_logits_targets(logits, targets)
+        logits, _ = check_logits_targets(logits, targets, binary=not getattr(self, "soft_targets", False))
         if logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"logits must have num_classes={self.num_classes} columns, got shape {tuple(logits.shape)}"
@@ -283,4 +310,5 @@ class WeightedSubsetKDLoss(nn.Module):
         return (
             f"num_classes={self.num_classes}, temperature={self.temperature}, delta={self.delta}, "
             f"order={self.order!r}, kd_weight={self.kd_weight}, scale_by_t2={self.scale_by_t2}"
+            + (", soft_targets=True" if getattr(self, "soft_targets", False) else "")
         )

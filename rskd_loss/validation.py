@@ -129,8 +129,13 @@ def check_logits_targets(
                     f"{targets[idx].item()!r} at index {idx}"
                 )
         else:
-            if bool(((targets < 0) | (targets > 1) | torch.isnan(targets)).any()):
-                raise ValueError(f"{targets_name} must have values in [0, 1]")
+            bad = (targets < 0) | (targets > 1) | torch.isnan(targets)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"{targets_name} must have values in [0, 1] (soft targets), got "
+                    f"{targets[idx].item()!r} at index {idx}"
+                )
     if targets.dtype != logits.dtype:
         targets = targets.to(logits.dtype)
     return logits, targets

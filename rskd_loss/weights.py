@@ -20,6 +20,33 @@ def _as_metric(metric: object, name: str) -> torch.Tensor:
     return t
 
 
+def _check_same_scale(s: torch.Tensor, t: torch.Tensor) -> None:
+    """Refuse a student and a teacher metric that look like they are on different scales.
+
+    A metric with a defined value above 1 looks like percent; one whose defined values are all
+    <= 1 (an AP of exactly 1.0 included) looks like a fraction. Eq. 3 is scale free, so both in
+    percent or both as fractions is fine; one of each would make every weight 0 or 1. A metric with
+    no defined value (all NaN) says nothing about its scale and is never refused.
+    """
+    s_def, t_def = s[~torch.isnan(s)], t[~torch.isnan(t)]
+    if not s_def.numel() or not t_def.numel():
+        return
+    s_pct, t_pct = bool((s_def > 1).any()), bool((t_def > 1).any())
+    if s_pct == t_pct:
+        return
+
+    def scale(values: torch.Tensor, pct: bool) -> str:
+        if pct:
+            return f"percent (max {values.max().item():g} > 1)"
+        return f"a fraction (all <= 1, max {values.max().item():g})"
+
+    raise ValueError(
+        f"student_metric and teacher_metric are on different scales: student_metric looks like "
+        f"{scale(s_def, s_pct)}, teacher_metric like {scale(t_def, t_pct)}. Give both as per-class "
+        f"AP fractions in [0, 1] (divide percent by 100), or both in percent"
+    )
+
+
 def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.6) -> torch.Tensor:
     r"""Per-class KD weights of Eq. 3, clamped to [0, 1].
 
@@ -42,6 +69,12 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
       keeps weight 1.
     * A teacher metric of 0 with a student metric above 0 gives 0 (the student beats the teacher),
       instead of a division by zero.
+    * Both metrics must be on one scale (Eq. 3 is scale free: fractions or percent). One that
+      looks like percent (a defined value > 1) next to one that looks like a fraction (every
+      defined value <= 1, an AP of exactly 1.0 included) raises ``ValueError`` naming both scales;
+      an all-NaN metric is never refused. A percent metric whose every value is <= 1 (under 1 %
+      on every class) cannot be told from a fraction: pass fractions, as
+      :func:`rskd_loss.metrics.average_precision_per_class` returns them.
 
     Args:
         student_metric: (C,) per-class metric of the student (e.g. per-class AP), >= 0 or NaN.
@@ -63,6 +96,7 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
             f"student_metric and teacher_metric must have one value per class each, got "
             f"{s.numel()} and {t.numel()}"
         )
+    _check_same_scale(s, t)
     full = delta * t >= s
     safe_t = torch.where(t > 0, t, torch.ones_like(t))
     decayed = torch.where(t > 0, (t - s) / (safe_t * (1.0 - delta)), torch.zeros_like(t))
