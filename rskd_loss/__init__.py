@@ -3,12 +3,21 @@
 Data flows one way: data set -> :class:`SubsetPartitioner` -> teachers (:class:`SubsetTeachers`, or
 their logits cached in a :class:`TeacherLogitBank`) -> :class:`WeightedSubsetKDLoss` around any base
 criterion -> per-class AP (:mod:`rskd_loss.metrics`) -> :meth:`WeightedSubsetKDLoss.update_weights`.
+:mod:`rskd_loss.workflow` puts these steps into a training loop of your own.
 """
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
 from .partition import Partition, SubsetPartitioner, TeacherView
 from .fileio import file_sha256
 from .teachers import SubsetTeachers, TeacherLogitBank
 from .weights import KDWeightSchedule, kd_weights
+from .workflow import (
+    IndexedDataset,
+    KDWeightUpdater,
+    TeacherViewDataset,
+    build_bank,
+    teacher_average_precision,
+    teacher_datasets,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -24,4 +33,10 @@ __all__ = [
     "SubsetTeachers",
     "TeacherLogitBank",
     "file_sha256",
+    "IndexedDataset",
+    "TeacherViewDataset",
+    "teacher_datasets",
+    "build_bank",
+    "teacher_average_precision",
+    "KDWeightUpdater",
 ]
