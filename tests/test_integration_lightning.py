@@ -1,4 +1,7 @@
-"""RSKDWeightCallback: Eq. 3 after every validation of a Lightning Trainer (CPU; 1 process, then 2 with DDP)."""
+"""RSKDWeightCallback: Eq. 3 after every validation of a Lightning Trainer (CPU; 1 process, then 2 with DDP).
+
+Needs the `lightning` extra (in `dev`): not skipped when it is missing.
+"""
 from __future__ import annotations
 
 import os
@@ -8,14 +11,12 @@ import sys
 import pytest
 import torch
 
-pl = pytest.importorskip("lightning.pytorch", reason="needs lightning (pip install 'rskd_loss[lightning]', "
-                                                     "installed by the dev extra)")
+import lightning.pytorch as pl
+from _lightning_helpers import C, TEACHER_AP, Student, loaders, make_bank, trainer
 
-from _lightning_helpers import C, TEACHER_AP, Student, loaders, make_bank, trainer  # noqa: E402
-
-from rskd_loss import kd_weights  # noqa: E402
-from rskd_loss.integrations.lightning import RSKDWeightCallback  # noqa: E402
-from rskd_loss.metrics import average_precision_per_class  # noqa: E402
+from rskd_loss import kd_weights
+from rskd_loss.integrations.lightning import RSKDWeightCallback
+from rskd_loss.metrics import average_precision_per_class
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

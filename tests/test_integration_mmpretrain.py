@@ -1,5 +1,8 @@
 """The mmpretrain integration: configs/mmpretrain/rskd_example.py trained by mmengine's Runner on tiny
-generated PNGs (a tiny backbone registered here), 2 epochs with a validation after each."""
+generated PNGs (a tiny backbone registered here), 2 epochs with a validation after each.
+
+Needs the `mmpretrain` extra (in `dev`): not skipped when it is missing.
+"""
 from __future__ import annotations
 
 import json
@@ -9,20 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mmpretrain", reason="needs mmpretrain (pip install 'rskd_loss[mmpretrain]', installed by the "
-                                         "dev extra)")
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.model import BaseModule
+from mmengine.runner import Runner
+from mmpretrain.registry import HOOKS, MODELS
+from PIL import Image
+from torch import nn
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.hooks import Hook  # noqa: E402
-from mmengine.model import BaseModule  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-from mmpretrain.registry import HOOKS, MODELS  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-
-from baselines import FocalLoss  # noqa: E402
-from rskd_loss import Partition, TeacherLogitBank, WeightedSubsetKDLoss, kd_weights  # noqa: E402
-from rskd_loss.integrations.mmpretrain import (  # noqa: E402
+from baselines import FocalLoss
+from rskd_loss import KDWeightUpdater, Partition, TeacherLogitBank, WeightedSubsetKDLoss, kd_weights
+from rskd_loss.integrations.mmpretrain import (
     RSKDMultiLabelClsHead, RSKDWeightedSubsetKDLoss, RSKDWeightHook)
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mmpretrain",
@@ -61,9 +61,11 @@ def _data(root) -> None:
             labels = [c for c in range(C) if (i + c) % 2 == 0] if split == "val" else \
                 [c for c in range(C) if rng.random() < 0.5] or [0]
             items.append({"img_path": f"{split}/{i}.png", "gt_label": labels})
-        (root / f"{split}.json").write_text(json.dumps({"metainfo": {"classes": ["a", "b", "c"]}, "data_list": items}))
+        ann = {"metainfo": {"classes": ["a", "b", "c"]}, "data_list": items}
+        (root / f"{split}.json").write_text(json.dumps(ann))
     part = Partition([[0], [1, 2]], names=["s0", "s1"], num_classes=C)
-    TeacherLogitBank.write(root / "bank.rskd", torch.randn(N_TRAIN, C, generator=torch.Generator().manual_seed(1)) * 3,
+    logits = torch.randn(N_TRAIN, C, generator=torch.Generator().manual_seed(1)) * 3
+    TeacherLogitBank.write(root / "bank.rskd", logits,
                            class_names=["a", "b", "c"], partition=part)
     (root / "teacher_ap.json").write_text(json.dumps(TEACHER_AP))
 
@@ -170,7 +172,7 @@ def test_clear_errors(root):
         RSKDMultiLabelClsHead(dict(type="MultiLabelLinearClsHead", num_classes=C, in_channels=4),
                               teacher_bank=str(root / "bank.rskd"))
     hook = RSKDWeightHook([0.5] * C)
-    hook.updater = __import__("rskd_loss").KDWeightUpdater(WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), C), [0.5] * C)
+    hook.updater = KDWeightUpdater(WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), C), [0.5] * C)
     with pytest.raises(ValueError, match="AveragePrecision', average=None"):
         hook.after_val_epoch(None, {"multi-label/mAP": 50.0})
 

@@ -1,19 +1,20 @@
 """RSKD with timm: a tiny timm model, timm's Mixup (multi-label, soft targets) and timm's multi-label losses
 wrapped in WeightedSubsetKDLoss(soft_targets=True); the sample index carried as the target's last column,
-which is how it survives timm's fast_collate / prefetcher (README, "With timm, Lightning or mmpretrain")."""
+which is how it survives timm's fast_collate / prefetcher (README, "With timm, Lightning or mmpretrain").
+
+Needs the `timm` extra (in `dev`): not skipped when it is missing.
+"""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-timm = pytest.importorskip("timm", reason="needs timm (pip install 'rskd_loss[timm]', installed by the dev extra)")
+import timm
+from timm.data import Mixup
+from timm.data.loader import fast_collate
+from timm.loss import AsymmetricLossMultiLabel, BinaryCrossEntropy
 
-from timm.data import Mixup  # noqa: E402
-from timm.data.loader import fast_collate  # noqa: E402
-from timm.loss import AsymmetricLossMultiLabel, BinaryCrossEntropy  # noqa: E402
-
-from rskd_loss import KDWeightUpdater, WeightedSubsetKDLoss  # noqa: E402
+from rskd_loss import KDWeightUpdater, WeightedSubsetKDLoss
 
 C, N, B = 5, 16, 8
 
@@ -53,7 +54,8 @@ def test_timm_model_mixup_soft_targets(make_base):
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=C, multi_label=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = torch.utils.data.DataLoader(ds, batch_size=B, shuffle=True, collate_fn=fast_collate)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255, torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
     losses, seen = [], []
     for images, target in loader:                             # as timm's train_one_epoch, prefetcher off
         assert target.shape == (B, C + 1) and target.dtype == torch.float64
@@ -90,5 +92,6 @@ def test_reductions_the_wrapper_understands():
     base = AsymmetricLossMultiLabel()(z, y)
     torch.testing.assert_close(batchmean - base, mean - AsymmetricLossMultiLabel(reduction="mean")(z, y))
 
-    with pytest.raises(ValueError, match="targets must have the same shape as logits"):   # timm's sparse class-index targets: no
+    # timm's sparse class-index targets (single-label) are refused: RSKD needs dense (N, C) targets
+    with pytest.raises(ValueError, match="targets must have the same shape as logits"):
         WeightedSubsetKDLoss(BinaryCrossEntropy(), C, soft_targets=True)(z, torch.tensor([0, 1, 2, 3]), t)
