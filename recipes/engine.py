@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from baselines.oltr import OLTROutput
+from rskd_loss.baselines.oltr import OLTROutput
 from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rskd_loss.fileio import atomic_path, atomic_write_text
 

@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from baselines.ldam import NormedLinear
-from baselines.oltr import OLTRHead, OLTROutput
+from rskd_loss.baselines.ldam import NormedLinear
+from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 from recipes import efficientnet_lite
 
 
@@ -47,7 +47,7 @@ def small_cnn_backbone(width: int = 32, norm: str = "batch") -> nn.Module:
 class Classifier(nn.Module):
     """``backbone`` (image -> (B, F, h, w) map or (B, F) vector) then ``head``.
 
-    With an OLTR head, :meth:`forward` returns :class:`baselines.oltr.OLTROutput` (logits and direct
+    With an OLTR head, :meth:`forward` returns :class:`rskd_loss.baselines.oltr.OLTROutput` (logits and direct
     features) and takes the centroids of stage 2; otherwise it returns logits (B, C).
     """
 

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from baselines import build_criterion
-from baselines.oltr import OLTR_CENTROID_SGD
-from baselines.resample import DistributedClassAwareSampler
+from rskd_loss.baselines import build_criterion
+from rskd_loss.baselines.oltr import OLTR_CENTROID_SGD
+from rskd_loss.baselines.resample import DistributedClassAwareSampler
 from recipes import engine
 from recipes.config import ConfigError, load_config
 from recipes.models import build_model
@@ -461,7 +461,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     crit_params = [p for p in criterion.parameters() if p.requires_grad]  # OLTR's centroids
     opt = torch.optim.Adam(model.parameters(), lr=sched["lr"], weight_decay=sched["weight_decay"],
                            **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    # the centroids have their own SGD, as in the official OLTR code (baselines.oltr.OLTR_CENTROID_SGD)
+    # the centroids have their own SGD, as in the official OLTR code (rskd_loss.baselines.oltr.OLTR_CENTROID_SGD)
     centroid_opt = torch.optim.SGD(crit_params, **OLTR_CENTROID_SGD) if crit_params else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
                                                          patience=sched["plateau_patience"], min_lr=sched["min_lr"])

@@ -86,7 +86,7 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
 
     Example:
         >>> kd_weights([0.3, 0.54, 0.9, float("nan")], [0.9, 0.9, 0.9, 0.9], delta=0.6)
-        tensor([1.0000, 1.0000, 0.0000, 1.0000])
+        tensor([1., 1., 0., 1.])
     """
     delta = check_probability(delta, "delta")
     s = _as_metric(student_metric, "student_metric")

@@ -1,7 +1,7 @@
 """Every registry baseline X wrapped as "RSKD + X": with all KD weights 0 the wrapper equals X.
 
 ``WeightedSubsetKDLoss(X, num_classes=C)`` (rskd_loss/kd.py) with ``set_weights(zeros)`` must give X's
-value and X's gradient, for every X of :func:`baselines.registry.available_criteria` and for every
+value and X's gradient, for every X of :func:`rskd_loss.baselines.registry.available_criteria` and for every
 reduction; ``oltr`` also needs its ``features=`` passed through the wrapper.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.registry import available_criteria, build_criterion
+from rskd_loss.baselines.registry import available_criteria, build_criterion
 from rskd_loss.kd import WeightedSubsetKDLoss
 
 C = 5

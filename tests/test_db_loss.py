@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from _loss_helpers import random_batch, value_and_grad
-from baselines.bce import bce_loss
-from baselines.db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
+from rskd_loss.baselines.bce import bce_loss
+from rskd_loss.baselines.db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 OFF = dict(alpha=0.5, beta=0.0, kappa=0.0, lambda_=1.0, focal=False)  # w = 0.5 + sigmoid(0) = 1

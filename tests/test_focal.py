@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from _loss_helpers import random_batch, value_and_grad
-from baselines.bce import MultiLabelBCELoss, bce_loss
-from baselines.focal import FocalLoss, sigmoid_focal_loss
+from rskd_loss.baselines.bce import MultiLabelBCELoss, bce_loss
+from rskd_loss.baselines.focal import FocalLoss, sigmoid_focal_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 

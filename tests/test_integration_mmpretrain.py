@@ -20,7 +20,7 @@ from mmpretrain.registry import HOOKS, MODELS
 from PIL import Image
 from torch import nn
 
-from baselines import FocalLoss
+from rskd_loss.baselines import FocalLoss
 from rskd_loss import KDWeightUpdater, Partition, TeacherLogitBank, WeightedSubsetKDLoss, kd_weights
 from rskd_loss.integrations.mmpretrain import (
     RSKDMultiLabelClsHead, RSKDWeightedSubsetKDLoss, RSKDWeightHook)

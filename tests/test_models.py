@@ -5,8 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from baselines.ldam import NormedLinear
-from baselines.oltr import OLTRHead, OLTROutput
+from rskd_loss.baselines.ldam import NormedLinear
+from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 from recipes.models import ModelError, build_model
 
 

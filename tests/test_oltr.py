@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.oltr import (
+from rskd_loss.baselines.oltr import (
     OLTR_COSINE_SCALE,
     OLTR_FEAT_DIM,
     OLTR_FEATURE_LOSS_WEIGHT,

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from baselines.ldam import NormedLinear
-from baselines.oltr import OLTRHead, OLTROutput
+from rskd_loss.baselines.ldam import NormedLinear
+from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 from recipes.config import ConfigError, load_config
 from recipes.data.transforms import eval_transform
 from recipes.efficientnet_lite import NUM_STAGES

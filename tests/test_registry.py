@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.bce import MultiLabelBCELoss
-from baselines.db_loss import DBLoss
-from baselines.focal import FocalLoss
-from baselines.ldam import LDAMLoss
-from baselines.registry import available_criteria, build_criterion
-from baselines.reweight import ReweightedBCE
+from rskd_loss.baselines.bce import MultiLabelBCELoss
+from rskd_loss.baselines.db_loss import DBLoss
+from rskd_loss.baselines.focal import FocalLoss
+from rskd_loss.baselines.ldam import LDAMLoss
+from rskd_loss.baselines.registry import available_criteria, build_criterion
+from rskd_loss.baselines.reweight import ReweightedBCE
 
 COUNTS = [40, 12, 5, 1]
 N_IMG = 80
@@ -98,7 +98,7 @@ def test_oltr_requirements_checked_before_import() -> None:
 
 
 def test_oltr_builds() -> None:
-    from baselines.oltr import OLTRLoss
+    from rskd_loss.baselines.oltr import OLTRLoss
 
     crit = build_criterion("oltr", num_classes=4, feat_dim=16)
     assert isinstance(crit, OLTRLoss)

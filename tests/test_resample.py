@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from baselines.resample import (
+from rskd_loss.baselines.resample import (
     DB_NUM_SAMPLES_CLS,
     OLTR_NUM_SAMPLES_CLS,
     ClassAwareSampler,

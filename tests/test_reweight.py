@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from _loss_helpers import random_batch, value_and_grad
-from baselines.bce import bce_loss
-from baselines.reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_bce_loss
+from rskd_loss.baselines.bce import bce_loss
+from rskd_loss.baselines.reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_bce_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 

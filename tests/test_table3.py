@@ -101,9 +101,9 @@ def test_table4_rows_are_kd_without_dynamic_weights_at_their_temperature():
 
 def test_criterion_configs_state_the_library_defaults():
     # the configs spell the knobs out; they must be the documented defaults of the baselines
-    from baselines.focal import FocalLoss
-    from baselines.ldam import LDAMLoss
-    from baselines.reweight import ReweightedBCE
+    from rskd_loss.baselines.focal import FocalLoss
+    from rskd_loss.baselines.ldam import LDAMLoss
+    from rskd_loss.baselines.reweight import ReweightedBCE
 
     def defaults(cls):
         return {k: v.default for k, v in inspect.signature(cls).parameters.items()

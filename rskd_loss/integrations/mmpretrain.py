@@ -40,7 +40,7 @@ from mmpretrain.models.losses.utils import weight_reduce_loss
 from mmpretrain.registry import HOOKS, MODELS
 from torch import nn
 
-from baselines import DBLoss, FocalLoss, LDAMLoss, MultiLabelBCELoss, ReweightedBCE
+from rskd_loss.baselines import DBLoss, FocalLoss, LDAMLoss, MultiLabelBCELoss, ReweightedBCE
 
 from ..kd import WeightedSubsetKDLoss
 from ..teachers import TeacherLogitBank
@@ -97,11 +97,11 @@ def _project_loss(cls: type[nn.Module], doc: str) -> type[_ProjectLoss]:
 _CONVENTION = (" in mmpretrain's loss convention: ``forward(cls_score, label, weight=None, avg_factor=None, "
                "reduction_override=None)``; constructor: ``reduction``, ``loss_weight`` and the criterion's "
                "own keyword arguments.")
-RSKDMultiLabelBCELoss = _project_loss(MultiLabelBCELoss, ":class:`baselines.MultiLabelBCELoss`" + _CONVENTION)
-RSKDFocalLoss = _project_loss(FocalLoss, ":class:`baselines.FocalLoss`" + _CONVENTION)
-RSKDReweightedBCE = _project_loss(ReweightedBCE, ":class:`baselines.ReweightedBCE`" + _CONVENTION)
-RSKDLDAMLoss = _project_loss(LDAMLoss, ":class:`baselines.LDAMLoss`" + _CONVENTION)
-RSKDDBLoss = _project_loss(DBLoss, ":class:`baselines.DBLoss`" + _CONVENTION)
+RSKDMultiLabelBCELoss = _project_loss(MultiLabelBCELoss, ":class:`rskd_loss.baselines.MultiLabelBCELoss`" + _CONVENTION)
+RSKDFocalLoss = _project_loss(FocalLoss, ":class:`rskd_loss.baselines.FocalLoss`" + _CONVENTION)
+RSKDReweightedBCE = _project_loss(ReweightedBCE, ":class:`rskd_loss.baselines.ReweightedBCE`" + _CONVENTION)
+RSKDLDAMLoss = _project_loss(LDAMLoss, ":class:`rskd_loss.baselines.LDAMLoss`" + _CONVENTION)
+RSKDDBLoss = _project_loss(DBLoss, ":class:`rskd_loss.baselines.DBLoss`" + _CONVENTION)
 
 
 def _build_base(base: object) -> Callable[..., torch.Tensor]:
