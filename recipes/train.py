@@ -47,6 +47,7 @@ from rskd_loss import (Partition, SubsetPartitioner, SubsetTeachers, TeacherLogi
 from rskd_loss.fileio import atomic_write_bytes
 from rskd_loss.metrics import average_precision_per_class, group_map
 from rskd_loss.validation import value_checks
+from rskd_loss.workflow import build_bank as build_teacher_bank
 
 CHECKPOINT_VERSION = 1
 
@@ -290,29 +291,22 @@ def build_bank(cfg, data, teachers, partition, hashes, device, augment, amp, ran
         except (FileNotFoundError, ValueError) as why:
             print(f"building teacher-logit bank {path} ({why.__class__.__name__}: {str(why)[:100]})", flush=True)
             plain = engine.View(make_dataset(cfg, data, "train"))
-            loader = _BankLoader(DataLoader(plain, batch_size=cfg["data"]["eval_batch_size"], shuffle=False,
-                                            num_workers=cfg["data"]["num_workers"]), fold_rows, augment, device)
-            TeacherLogitBank.from_teachers(path, teachers, loader, len(fold_rows), class_names=data["class_names"],
-                                           partition=partition, device=device, teacher_hashes=hashes,
-                                           dataset=dataset_id, autocast_dtype=torch.bfloat16 if amp else None)
+            loader = DataLoader(plain, batch_size=cfg["data"]["eval_batch_size"], shuffle=False,
+                                num_workers=cfg["data"]["num_workers"])
+            bank_row = {int(g): i for i, g in enumerate(fold_rows)}  # CSV row -> bank row
+
+            def batch(b):  # (uint8 images, targets, CSV rows) -> (normalised images, bank rows)
+                return augment(b[0].to(device), train=False), torch.tensor([bank_row[int(i)] for i in b[2]])
+
+            build_teacher_bank(path, teachers, loader, len(fold_rows), partition=partition,
+                               class_names=data["class_names"], batch=batch, device=device,
+                               autocast_dtype=torch.bfloat16 if amp else None, teacher_hashes=hashes,
+                               dataset=dataset_id)
     engine.barrier(world)
     bank = TeacherLogitBank(path, **check)
     lookup = np.full(data["num_rows"], -1, dtype=np.int64)
     lookup[fold_rows] = np.arange(len(fold_rows))
     return bank, lookup
-
-
-class _BankLoader:
-    """Yields (normalised images, targets, bank row) for TeacherLogitBank.from_teachers."""
-
-    def __init__(self, loader, fold_rows, augment, device) -> None:
-        self.loader, self.augment, self.device = loader, augment, device
-        self.row_of = {int(g): i for i, g in enumerate(fold_rows)}
-
-    def __iter__(self):
-        for x, y, idx in self.loader:
-            x = self.augment(x.to(self.device), train=False)
-            yield x, y, torch.tensor([self.row_of[int(i)] for i in idx])
 
 
 # keys that may change between a run and its --resume: they do not change what is computed
