@@ -21,12 +21,7 @@ from rskd_loss.metrics import average_precision_per_class
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected(val: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -34,12 +34,7 @@ class IndexInTarget(torch.utils.data.Dataset):
         return self.images[i], torch.cat([self.targets[i], torch.tensor([float(i)], dtype=torch.float64)])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("make_base", [lambda: AsymmetricLossMultiLabel(reduction="mean"),
