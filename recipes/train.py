@@ -524,8 +524,9 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
         if teachers is not None:
             teachers.train()  # stays in eval: SubsetTeachers is frozen
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        # student: summed |dL/dz| per class of (base, KD) over the epoch's samples (after a mid-epoch
-        # resume: over the batches trained since)
+        # student, first and last epoch (a diagnostic kept off the other epochs' steps): summed |dL/dz|
+        # per class of (base, KD) over the epoch's samples (after a mid-epoch resume: the batches since)
+        measure_grads = stage == "student" and epoch in (0, sched["epochs"] - 1)
         grad_sum = torch.zeros(2, len(columns), dtype=torch.float64, device=device)
         grad_count = 0
         # the data were checked when read: no per-step value check (each one a host-device sync)
@@ -555,11 +556,11 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                             t_logits = teachers(x).float()
                     parts = criterion(logits, y, t_logits, return_parts=True, **kwargs)
                     loss = parts.loss
-                    # diagnostic: |dL/dz| per class of the base loss and of the KD term (loss-level only)
-                    g_base, g_kd = (torch.autograd.grad(part, logits, retain_graph=True)[0]
-                                    for part in (parts.base_loss, parts.kd_loss))
-                    grad_sum += torch.stack((g_base.abs().sum(0), g_kd.abs().sum(0)))
-                    grad_count += len(y)
+                    if measure_grads:  # |dL/dz| per class of the base loss and of the KD term (loss-level only)
+                        g_base, g_kd = (torch.autograd.grad(part, logits, retain_graph=True)[0]
+                                        for part in (parts.base_loss, parts.kd_loss))
+                        grad_sum += torch.stack((g_base.abs().sum(0), g_kd.abs().sum(0)))
+                        grad_count += len(y)
                 else:
                     loss = criterion(logits, y, **kwargs)
                 loss_d = loss.detach()
@@ -605,7 +606,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
                     "val_map": val_map, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
             if weights is not None:
                 line["kd_weights"] = weights
-            if stage == "student":
+            if measure_grads:
                 line["grad_base"], line["grad_kd"] = grad_mean.tolist()
             engine.append_jsonl(out_dir / "metrics.jsonl", line)
             state = checkpoint(epoch, 0, best_map, loss_sum)

@@ -83,6 +83,10 @@ def test_baseline_teacher_student(env: Path) -> None:
     # the gradient diagnostic: mean |dL/dz| per class of the base loss and of the KD term
     assert len(line["grad_base"]) == len(line["grad_kd"]) == 8
     assert all(g > 0 for g in line["grad_base"]) and all(g >= 0 for g in line["grad_kd"])
+    # measured in the first and the last epoch only (kept off the other epochs' steps)
+    _run(env, "student", "ours3", "--set", "schedule.epochs=3")
+    lines = [json.loads(x) for x in (env / "ours3" / "metrics.jsonl").read_text().splitlines()]
+    assert ["grad_kd" in x for x in lines] == [True, False, True]
     # per-image predictions of the best model: the test AP of result.json recomputed from them
     from rskd_loss.metrics import average_precision_per_class
 
