@@ -455,7 +455,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     crit_params = [p for p in criterion.parameters() if p.requires_grad]  # OLTR's centroids
     opt = torch.optim.Adam(model.parameters(), lr=sched["lr"], weight_decay=sched["weight_decay"],
                            **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    # the centroids have their own SGD, as in the official OLTR code (rskd_loss.baselines.oltr.OLTR_CENTROID_SGD)
+    # the centroids have their own SGD, as in the official OLTR code (baselines/oltr.py OLTR_CENTROID_SGD)
     centroid_opt = torch.optim.SGD(crit_params, **OLTR_CENTROID_SGD) if crit_params else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=sched["plateau_factor"],
                                                          patience=sched["plateau_patience"], min_lr=sched["min_lr"])
@@ -642,10 +642,12 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     result["val"]["map"] = {k: (None if v != v else v) for k, v in result["val"]["map"].items()}
     if main:
         # per-image predictions of the best model (pooled over folds, teacher diagnostics)
+        arrays = {"classes": np.asarray(columns)}
+        for part, res in (("val", val), ("test", test)):
+            arrays.update({f"{part}_logits": res["logits"], f"{part}_targets": res["targets"],
+                           f"{part}_rows": data["rows"][part]})
         buf = io.BytesIO()
-        np.savez(buf, classes=np.asarray(columns), **{f"{part}_{key}": value for part, res in (("val", val), ("test", test))
-                                                      for key, value in (("logits", res["logits"]), ("targets", res["targets"]),
-                                                                         ("rows", data["rows"][part]))})
+        np.savez(buf, **arrays)
         atomic_write_bytes(out_dir / "predictions.npz", buf.getvalue())
         engine.atomic_write_json(out_dir / "result.json", result)
         m = result["test"]["map"]

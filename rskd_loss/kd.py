@@ -268,7 +268,7 @@ class WeightedSubsetKDLoss(nn.Module):
         return_parts: bool = False,
         **base_kwargs: Any,
     ) -> torch.Tensor | KDLossParts:
-        logits, _ = check_logits_targets(logits, targets, binary=not getattr(self, "soft_targets", False))
+        logits, _ = check_logits_targets(logits, targets, binary=not self.soft_targets)
         if logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"logits must have num_classes={self.num_classes} columns, got shape {tuple(logits.shape)}"
@@ -310,5 +310,5 @@ class WeightedSubsetKDLoss(nn.Module):
         return (
             f"num_classes={self.num_classes}, temperature={self.temperature}, delta={self.delta}, "
             f"order={self.order!r}, kd_weight={self.kd_weight}, scale_by_t2={self.scale_by_t2}"
-            + (", soft_targets=True" if getattr(self, "soft_targets", False) else "")
+            + (", soft_targets=True" if self.soft_targets else "")
         )
