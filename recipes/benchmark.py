@@ -8,8 +8,8 @@ The *reference* setting is the one the recipes train with on the device (``recip
 channels_last on GPU, fp32 + channels_last on CPU.
 
 (a) **model-only training step** on random uint8 images already on the device:
-    ``recipes.engine.BatchAugment`` (train=True) -> model -> BCE -> backward -> Adam step (fused on
-    CUDA, foreach on CPU, as ``recipes/train.py``), in images/s, for fp32; fp32 + channels_last;
+    ``recipes.augment.BatchAugment`` (train=True) -> ``recipes.trainer.train_step`` of a BCE task (model,
+    loss, backward, Adam step; fused on CUDA, foreach on CPU, as the trainer), in images/s, for fp32; fp32 + channels_last;
     bf16 autocast + channels_last (GPU only); and ``torch.compile`` of the model in the reference
     setting (GPU by default; ``--compile`` on CPU). The cases alternate step by step.
 (b) **student step**: ``WeightedSubsetKDLoss(BCE)`` with teacher logits looked up in a
@@ -74,8 +74,11 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from recipes.engine import BatchAugment, keyed_uniforms
+from recipes.augment import BatchAugment, keyed_uniforms
 from recipes.models import build_model
+from recipes.tasks import StudentTask, SupervisedTask
+from recipes.teacher_sources import BankTeachers, OnlineTeachers
+from recipes.trainer import train_step
 from rskd_loss import Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, WeightedSubsetKDLoss
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from rskd_loss.validation import value_checks
@@ -256,29 +259,28 @@ def _adam(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, augment: BatchAugment, images: torch.Tensor,
-              targets: torch.Tensor, *, amp: bool, channels_last: bool,
-              loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-    """One training step on device-resident uint8 ``images``: augment, forward (under autocast when
-    ``amp``), ``loss(logits, y, x)`` in float32, backward, Adam. Online teachers (run by ``loss``)
-    use the student's autocast setting."""
-    device = images.device
+              targets: torch.Tensor, *, amp: bool, channels_last: bool, task: Any,
+              rows: Callable[[], torch.Tensor] | None = None) -> Callable[[], None]:
+    """One training step on device-resident uint8 ``images``: augment, then the trainer's
+    :func:`recipes.trainer.train_step` of ``task`` (sample indices from ``rows``, for a bank)."""
+    index = torch.arange(len(images))
 
     def step() -> None:
         x = augment(images, train=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        value = loss(logits.float(), targets, x)  # as recipes/train.py: the loss outside autocast
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
+        train_step(task, model, [opt], x, targets, rows() if rows is not None else index, amp=amp)
     return step
 
 
-def _bce() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def _erm() -> SupervisedTask:
+    return SupervisedTask("erm", nn.BCEWithLogitsLoss())
+
+
+def _student(num_classes: int, teacher_logits: Callable) -> StudentTask:
     bce = nn.BCEWithLogitsLoss()
-    return lambda logits, y, x: bce(logits, y)
+    return StudentTask(SupervisedTask("student", bce), WeightedSubsetKDLoss(bce, num_classes),
+                       teacher_logits=teacher_logits)
 
 
 def _random_batch(a: argparse.Namespace, device: torch.device, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,7 +318,7 @@ def model_step_section(a: argparse.Namespace, device: torch.device, num_classes:
             continue
         model = _model(a, num_classes, device, case["channels_last"])
         steps[name] = make_step(model, _adam(model, device), augment, images, targets, amp=case["amp"],
-                                channels_last=case["channels_last"], loss=_bce())
+                                channels_last=case["channels_last"], task=_erm())
     settings = "torch.compile of " + precision_cases(device)[ref]["settings"]
     compile_s = None
     with value_checks(False):
@@ -327,7 +329,7 @@ def model_step_section(a: argparse.Namespace, device: torch.device, num_classes:
             model = _model(a, num_classes, device, case["channels_last"])
             compiled = torch.compile(model)
             steps["compiled"] = make_step(compiled, _adam(model, device), augment, images, targets,
-                                          amp=case["amp"], channels_last=case["channels_last"], loss=_bce())
+                                          amp=case["amp"], channels_last=case["channels_last"], task=_erm())
             t0 = time.perf_counter()
             steps["compiled"]()  # compiles
             _sync(device)
@@ -402,28 +404,20 @@ def student_step_section(a: argparse.Namespace, device: torch.device, num_classe
 
     model = _model(a, num_classes, device, cl)
     opt = _adam(model, device)
-    kd = WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), num_classes).to(device)
-
-    def bank_loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        rows = next_rows().to(device, non_blocking=True)
-        return kd(logits, y, table[lookup[rows]].float())
+    bank_task = _student(num_classes, BankTeachers(table, lookup))
 
     cases: dict[str, Callable[[], None]] = {
-        "erm": make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl, loss=_bce()),
-        "bank": make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl, loss=bank_loss),
+        "erm": make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl, task=_erm()),
+        "bank": make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl, task=bank_task,
+                          rows=next_rows),
     }
     teacher_sets = []
     for k in a.teachers:
         part = teacher_partition(k, counts)
         teachers = SubsetTeachers([_model(a, len(s), device, cl) for s in part.subsets], part).to(device)
         teacher_sets.append(teachers)
-
-        def online_loss(logits, y, x, teachers=teachers):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # as the student
-                t_logits = teachers(x)
-            return kd(logits, y, t_logits.float())
         cases[f"online_{k}"] = make_step(model, opt, augment, images, targets, amp=amp, channels_last=cl,
-                                         loss=online_loss)
+                                         task=_student(num_classes, OnlineTeachers(teachers, amp)))
     with value_checks(False):
         times = time_cases(cases, device, a.warmup, a.steps)
     erm = _row(times["erm"], a.batch, settings=f"{case['settings']}, BCE")
@@ -581,7 +575,7 @@ def pipeline_section(a: argparse.Namespace, device: torch.device, data: dict) ->
 
 def _decoded(ds, a: argparse.Namespace, data: dict):
     """The recipes' ``data.preload`` path: (c1) decoded once into a memory-mapped uint8 cache (c3)."""
-    from recipes.engine import Preloaded
+    from recipes.views import Preloaded
 
     return Preloaded(ds, a.size, Path(data["cached"][0]).parent / f"decoded_{a.size}px.npy", workers=a.workers)
 
@@ -590,7 +584,7 @@ def _decoded(ds, a: argparse.Namespace, data: dict):
 
 def end_to_end(a: argparse.Namespace, device: torch.device, data: dict, tmp: Path, model: nn.Module,
                train_model: nn.Module, amp: bool, channels_last: bool) -> dict:
-    """(d): the student epoch of recipes/train.py (bank mode) on the loader of (c3); images/s."""
+    """(d): the trainer's student epoch (bank mode, ``train_step``) on the loader of (c3); images/s."""
     ds = _decoded(_dataset(*data["cached"], a.size), a, data)
     c = ds.targets.shape[1]
     names = [f"class{i}" for i in range(c)]
@@ -601,7 +595,7 @@ def end_to_end(a: argparse.Namespace, device: torch.device, data: dict, tmp: Pat
     table = bank.table(device)
     lookup = torch.arange(len(ds), device=device)  # data-set row -> bank row
     augment = BatchAugment(a.size).to(device)
-    kd = WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), c).to(device)
+    task = _student(c, BankTeachers(table, lookup))
     opt = _adam(model, device)
     warm = a.warmup + max(1, a.workers)  # start-up: every worker's first batch arrives at once
     loader = _loader(ds, a.batch, warm + a.steps, a.workers, device, seed=SEED + 1)
@@ -616,14 +610,7 @@ def end_to_end(a: argparse.Namespace, device: torch.device, data: dict, tmp: Pat
             x = augment(x.to(device, non_blocking=True), train=True, rand=rand.to(device, non_blocking=True))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = train_model(x).float()
-            t_logits = table[lookup[idx.to(device, non_blocking=True)]].float()
-            loss = kd(logits, y, t_logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(task, train_model, [opt], x, y.to(device, non_blocking=True), idx, amp=amp)
         _sync(device)
     sec = time.perf_counter() - t0
     del loader

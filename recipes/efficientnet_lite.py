@@ -23,7 +23,7 @@ Architecture facts and where they come from:
 * Input: the Lite models were trained on ``(pixel - 127) / 128`` (``MEAN_RGB = [127.0] * 3``,
   ``STDDEV_RGB = [128.0] * 3`` in ``efficientnet_lite_builder.py``: "inception-style" for quantisation),
   not on the ImageNet mean/std. The recipes feed ImageNet-normalised images
-  (:mod:`recipes.data.transforms`, :class:`recipes.engine.BatchAugment`), so by default the network
+  (:mod:`recipes.data.transforms`, :class:`recipes.augment.BatchAugment`), so by default the network
   first maps ``x -> x * std * 255/128 + (mean * 255 - 127)/128`` per channel (exact; a fixed buffer,
   not a parameter). ``input_norm=None`` takes ``(pixel - 127) / 128`` directly.
 

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from rskd_loss.baselines.ldam import NormedLinear
-from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
+from rskd_loss.baselines.oltr import OLTRHead
 from recipes import efficientnet_lite
 
 
@@ -47,23 +47,23 @@ def small_cnn_backbone(width: int = 32, norm: str = "batch") -> nn.Module:
 class Classifier(nn.Module):
     """``backbone`` (image -> (B, F, h, w) map or (B, F) vector) then ``head``.
 
-    With an OLTR head, :meth:`forward` returns :class:`rskd_loss.baselines.oltr.OLTROutput` (logits and direct
-    features) and takes the centroids of stage 2; otherwise it returns logits (B, C).
+    ``pool``: average-pool the backbone's map into a (B, F) vector before the head (a head that reads
+    the map itself, such as OLTR's, is built with ``pool=False``). Keyword arguments of :meth:`forward`
+    go to the head. ``feature_size``: the side h = w of the backbone's map at the configured image size.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, spatial: bool) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, pool: bool, feature_size: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.spatial = spatial
+        self.pool = pool
+        self.feature_size = feature_size
 
-    def forward(self, x: torch.Tensor, centroids: torch.Tensor | None = None) -> torch.Tensor | OLTROutput:
+    def forward(self, x: torch.Tensor, **head_kwargs: Any) -> Any:
         f = self.backbone(x)
-        if isinstance(self.head, OLTRHead):
-            return self.head(f, centroids=centroids)
-        if self.spatial:
+        if self.pool:
             f = torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)
-        return self.head(f)
+        return self.head(f, **head_kwargs)
 
 
 def _read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
@@ -180,11 +180,11 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
         backbone, feat, spatial = _torchvision_backbone(name, bool(model_cfg.get("pretrained")),
                                                         model_cfg.get("weights_path"))
         stride = 32
+    size = max(1, image_size // stride)
     if oltr_stage is not None:
         if not spatial:
             raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn, efficientnet_lite0 or a "
                              f"ResNet), got {name!r}")
-        size = max(1, image_size // stride)
         head: nn.Module = OLTRHead.stage1(feat, num_classes)
         if oltr_stage == 2:
             head = head.to_stage2(feature_size=size)
@@ -192,4 +192,4 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
         head = NormedLinear(feat, num_classes)
     else:
         head = nn.Linear(feat, num_classes)
-    return Classifier(backbone, head, spatial)
+    return Classifier(backbone, head, pool=spatial and oltr_stage is None, feature_size=size)

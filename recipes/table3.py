@@ -13,9 +13,9 @@ plus the runs it needs first:
 
 * a student ("Ours ...", "KD ...") needs the k teachers of its rule, one run per subset
   (``method.subset=j``, out dir ``teachers_<rule>/subset<j>``). k is known only once the partition
-  is computed, so the sweep computes it the way ``train.py`` does: ``recipes.train.prepare_data``
+  is computed, so the sweep computes it the way ``train.py`` does: ``recipes.fold_data.prepare_data``
   for the fold's training class counts (generating the synthetic data set first when it is
-  missing), then ``recipes.train.make_partition``. The "Ours + X" rows use the teachers of ONE rule,
+  missing), then ``recipes.teacher_sources.make_partition``. The "Ours + X" rows use the teachers of ONE rule,
   ``--ours-rule`` (default ``shot``: the paper finds it best on the data set with the longer tail,
   Disease-48, Sec. 3.3); Table 4's rows use the feature rule (the paper's Table 4 is on it);
 * OLTR (and "Ours + OLTR") need OLTR stage 1, whose ``best.pt`` initialises them.
@@ -188,10 +188,10 @@ FoldData = Callable[[Mapping[str, Any]], tuple[Sequence[int], Sequence[str]]]
 def fold_class_data(cfg: Mapping[str, Any]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Training class counts and class names of ``cfg``'s fold, found exactly as ``train.py`` finds them.
 
-    Calls ``recipes.train.prepare_data`` (which generates the synthetic data set or writes the
+    Calls ``recipes.fold_data.prepare_data`` (which generates the synthetic data set or writes the
     merged RFMiD CSV when missing, and makes the split file) in this process, as rank 0 of 1.
     """
-    from recipes.train import prepare_data
+    from recipes.fold_data import prepare_data
 
     data = prepare_data(cfg, 0, 1)
     return np.asarray(data["train_counts"], dtype=np.int64), tuple(data["class_names"])
@@ -199,7 +199,7 @@ def fold_class_data(cfg: Mapping[str, Any]) -> tuple[np.ndarray, tuple[str, ...]
 
 def count_subsets(cfg: Mapping[str, Any], class_counts: Sequence[int], class_names: Sequence[str]) -> int:
     """How many teachers the partition of ``cfg`` (``method.partition``) gives for these counts."""
-    from recipes.train import make_partition
+    from recipes.teacher_sources import make_partition
 
     return make_partition(cfg, list(class_counts), list(class_names)).num_subsets
 
@@ -725,7 +725,7 @@ def figure_data(cfg: Mapping[str, Any], out: str | os.PathLike[str], rules: Sequ
 
     Only when the data set's CSV exists (never generates data). The partition of a rule is the one
     its teachers wrote (``teachers_<rule>/partition.json`` of ``fold``/``seed``), else it is computed
-    with ``recipes.train.make_partition`` and written under ``figures/``.
+    with ``recipes.teacher_sources.make_partition`` and written under ``figures/``.
     """
     from recipes.data.describe import describe
 
@@ -741,7 +741,7 @@ def figure_data(cfg: Mapping[str, Any], out: str | os.PathLike[str], rules: Sequ
     for rule in rules:
         pfile = teachers_dir(out, fold, seed, rule) / "partition.json"
         if not pfile.is_file():
-            from recipes.train import make_partition
+            from recipes.teacher_sources import make_partition
 
             part = {**cfg["method"]["partition"], "rule": rule}
             rcfg = {**cfg, "data": {**cfg["data"], "fold": fold}, "method": {**cfg["method"], "partition": part}}

@@ -3,7 +3,7 @@ mismatched resumes. Every run is a real subprocess on a tiny synthetic set, CPU,
 
 A kill is a real SIGKILL, delivered by the process to itself at a chosen point
 (``RSKD_FAULT=step:N``: before the N-th training step; ``RSKD_FAULT=save:N``: after writing the
-N-th checkpoint to its temporary file, before the rename; ``recipes.engine.fault_point``), so the test does not depend on timing.
+N-th checkpoint to its temporary file, before the rename; ``recipes.checkpoints.fault_point``), so the test does not depend on timing.
 """
 from __future__ import annotations
 

@@ -164,9 +164,9 @@ def test_every_default_is_valid() -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatch, bad: float) -> None:
-    import recipes.train as train
+    import recipes.tasks as tasks
 
-    real_build = train.build_criterion
+    real_build = tasks.build_criterion
 
     class NaNAfter(torch.nn.Module):
         """The real criterion, then NaN / inf from its 3rd call on (epoch 1, step 0 with 2 steps an epoch)."""
@@ -180,7 +180,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env: Path, monkeypatc
             loss = self.base(logits, targets, **kwargs)
             return loss * bad if self.calls >= 3 else loss
 
-    monkeypatch.setattr(train, "build_criterion", lambda *a, **k: NaNAfter(real_build(*a, **k)))
+    monkeypatch.setattr(tasks, "build_criterion", lambda *a, **k: NaNAfter(real_build(*a, **k)))
     with pytest.raises(FloatingPointError, match=r"loss is not finite \(nan or inf\) at epoch 1 step 0; last good checkpoint: .*_run/last.pt"):
         _run(env, "erm", f"{bad}_run", "--set", "schedule.epochs=2")
     state = torch.load(env / f"{bad}_run" / "last.pt", weights_only=True)

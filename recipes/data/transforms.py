@@ -19,9 +19,9 @@ choice, kept mild because lesions are small and colour carries diagnosis:
 * ``eval_transform``: ``Resize(size)`` (short side) then ``CenterCrop(size)``: deterministic; on
   the square crops of :mod:`recipes.data.cache` this is a plain resize.
 
-The recipes do not run ``train_transform`` in their loaders: they decode and resize on the CPU with
-``uint8_transform`` and run the same augmentation batched on the device
-(``recipes.engine.BatchAugment``, the same ranges, hue left out); ``train_transform`` /
+The ranges are written once, in ``AUGMENTATION``. The recipes do not run ``train_transform`` in their
+loaders: they decode and resize on the CPU with ``uint8_transform`` and run the same augmentation
+batched on the device (``recipes.augment.BatchAugment``, the same ranges, hue left out); ``train_transform`` /
 ``eval_transform`` are for a user's own CPU pipeline.
 
 Resizing is bilinear with antialiasing (the torchvision reference's default interpolation).
@@ -33,10 +33,16 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "uint8_transform", "denormalize"]
+__all__ = ["AUGMENTATION", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "uint8_transform",
+           "denormalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The training augmentation's ranges, the one place they are written: ``train_transform`` (CPU,
+#: torchvision) and ``recipes.augment.BatchAugment`` (batched on the device; no hue) read them here.
+AUGMENTATION = {"scale": (0.8, 1.0), "ratio": (0.9, 1.1), "degrees": 15.0, "brightness": 0.2, "contrast": 0.2,
+                "saturation": 0.1, "hue": 0.02}
 
 
 def _check_size(size: int) -> int:
@@ -48,8 +54,8 @@ def _check_size(size: int) -> int:
 def train_transform(
     size: int = 256,
     *,
-    scale: tuple[float, float] = (0.8, 1.0),
-    degrees: float = 15.0,
+    scale: tuple[float, float] = AUGMENTATION["scale"],
+    degrees: float = AUGMENTATION["degrees"],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
@@ -70,11 +76,11 @@ def train_transform(
     size = _check_size(size)
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=scale, ratio=(0.9, 1.1), antialias=True),
+        v2.RandomResizedCrop(size, scale=scale, ratio=AUGMENTATION["ratio"], antialias=True),
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomVerticalFlip(p=0.5),
         v2.RandomRotation(degrees, fill=0),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02),
+        v2.ColorJitter(**{k: AUGMENTATION[k] for k in ("brightness", "contrast", "saturation", "hue")}),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
@@ -84,7 +90,7 @@ def uint8_transform(size: int = 256) -> v2.Compose:
     """Resize (short side) + centre crop, kept as uint8: the CPU part of the recipes' pipeline.
 
     The recipes decode and resize on the CPU and ship uint8 to the device, where
-    ``recipes.engine.BatchAugment`` augments (training) and normalises, batched.
+    ``recipes.augment.BatchAugment`` augments (training) and normalises, batched.
 
     Shape:
         PIL RGB image (any size) -> uint8 tensor ``(3, size, size)``.

@@ -1,4 +1,4 @@
-"""recipes/engine.py: keyed random numbers, the on-device batch augmentation, the resumable sampler,
+"""recipes/augment.py, views.py, checkpoints.py: keyed random numbers, the on-device batch augmentation, the resumable sampler,
 stale temporary files."""
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from torch.nn import functional as F
 
 from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from recipes.engine import BatchAugment, ResumableSampler, keyed_uniforms, remove_stale_temporaries
+from recipes.augment import BatchAugment, keyed_uniforms
+from recipes.checkpoints import remove_stale_temporaries
+from recipes.views import ResumableSampler
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
