@@ -1,6 +1,6 @@
 """Benchmark: decoding fundus images with PIL against mmcv (mmcv-lite, OpenCV underneath).
 
-Issue 5 asks to use mmcv's image I/O where it measures faster than PIL. Both decoders read the same
+Does mmcv's image I/O decode faster than PIL? The recipes would use it where it does. Both decoders read the same
 files in one process, interleaved; the median per image is reported for a small PNG (the synthetic
 benchmark at 64 px) and a large JPEG (a synthetic fundus upscaled to 2048 px, the size of a real
 fundus photograph). A benchmark, not a test.

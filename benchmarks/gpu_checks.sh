@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks, in one script (a GPU machine's time is scarce): recipes/benchmark.py (issue 7: model
+# The device checks, in one script (a GPU machine's time is scarce): recipes/benchmark.py (model
 # step, student ratios, data pipeline, end to end), the KD-loss micro-benchmark, the student-step
 # benchmark (ResNet-50, 256 px, batch 256, bf16, channels_last), and a short end-to-end GPU run of the
 # recipes (ERM, shot teachers + student, OLTR) on the synthetic benchmark.
@@ -17,7 +17,7 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
-# issue 7: the whole-run benchmark first (model step, student ratios, pipeline, end to end; about 3 min)
+# the whole-run benchmark first (model step, student ratios, pipeline, end to end; about 3 min)
 python3 recipes/benchmark.py --json "$OUT/benchmark.json" 2>&1 | grep -v '^[ {}]' | tee "$OUT/benchmark.txt"
 python3 benchmarks/bench_kd_loss.py --repeats 100 2>&1 | tee "$OUT/bench_kd_loss.txt"
 python3 benchmarks/bench_student_step.py --steps 30 2>&1 | tee "$OUT/bench_student_step.txt"

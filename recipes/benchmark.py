@@ -1,4 +1,4 @@
-"""Benchmark: what an RSKD training run costs on this machine, and where the time goes (issue 7).
+"""Benchmark: what an RSKD training run costs on this machine, and where the time goes.
 
 One process, one device (CUDA when available, else CPU), four sections, each printed as a Markdown
 table row and collected in one JSON object (printed, and written atomically with ``--json``):
@@ -28,10 +28,10 @@ channels_last on GPU, fp32 + channels_last on CPU.
     worker, as a ratio to the model-only step of (a) in the reference setting; when (a) compiled, also
     with the compiled model, as a ratio to the compiled model-only step.
 
-The issue's targets are printed beside the measured figures. A benchmark, not a test: no number
+The targets (``TARGET_*``) are printed beside the measured figures. A benchmark, not a test: no number
 here is asserted anywhere.
 
-Defaults (issue 7, which sized the budget on ResNet-50 at 256 x 256, batch 256; the paper trains at
+Defaults (a GPU budget is sized on ResNet-50 at 256 x 256, batch 256; the paper trains at
 256 x 256, Sec. 3.1): GPU: ``resnet50`` (no pretrained weights), 256 px, batch 256, 48 classes, 30
 timed steps after 5 warm-up, workers = cores - 1 (at most 16), full-size 2048 px. CPU: ``small_cnn``
 (width 16, batch norm, linear head), 64 px, batch 64, 16 classes, 10 timed steps after 2 warm-up, 1
@@ -86,13 +86,14 @@ from rskd_loss.validation import value_checks
 __all__ = ["main", "parse_args", "TARGET_BANK_RATIO", "TARGET_TEACHER_SLOPE", "TARGET_E2E_RATIO",
            "TARGET_E2E_IMAGES_PER_S"]
 
-#: issue 7, "Targets": student step with the cached bank within 2 % of the ERM step
+#: target: the student step with the cached bank within 2 % of the ERM step (the bank is meant to be free)
 TARGET_BANK_RATIO = 1.02
-#: issue 7: with k online teachers at most (1 + 0.3 k) x the ERM step
+#: target: with k online teachers at most (1 + 0.3 k) x the ERM step
 TARGET_TEACHER_SLOPE = 0.3
-#: issue 7: end-to-end student training at least 95 % of the model-only step's images/s on a GPU
+#: target: end-to-end student training at least 95 % of the model-only step's images/s on a GPU (the
+#: data pipeline must keep the GPU fed)
 TARGET_E2E_RATIO = 0.95
-#: issue 7: at least 4,500 images/s on an H100/H200 class GPU (ResNet-50, 256 x 256)
+#: target: at least 4,500 images/s on an H100/H200 class GPU (ResNet-50, 256 x 256)
 TARGET_E2E_IMAGES_PER_S = 4500.0
 
 SMALL_CNN = {"name": "small_cnn", "width": 16, "norm": "batch", "head": "linear"}
@@ -391,7 +392,7 @@ def student_step_section(a: argparse.Namespace, device: torch.device, num_classe
     counts = long_tailed_counts(num_classes)
     names = [f"class_{i:02d}" for i in range(num_classes)]
     shot = teacher_partition(3, counts) if num_classes >= 3 else teacher_partition(1, counts)
-    num_rows = 56_000 if device.type == "cuda" else 4_000  # issue 7: 56,000 training images
+    num_rows = 56_000 if device.type == "cuda" else 4_000  # a paper-scale training set: 56,000 images
     g = torch.Generator().manual_seed(SEED)
     bank = TeacherLogitBank.write(tmp / "bank.rskd", torch.randn(num_rows, num_classes, generator=g),
                                   class_names=names, partition=shot)
@@ -646,7 +647,7 @@ def end_to_end_section(a: argparse.Namespace, device: torch.device, data: dict, 
 # ------------------------------------------------------------------------------------ report
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets next to the measured figures: {what, measured, target, met}."""
+    """The targets next to the measured figures: {what, measured, target, met}."""
     s, e = result["student_step"], result["end_to_end"]
     gpu = result["settings"]["device_type"] == "cuda"
     rows = [{"what": "student + bank / ERM step", "measured": s["bank"]["ratio_to_erm"],
