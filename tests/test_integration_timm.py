@@ -1,6 +1,6 @@
 """RSKD with timm: a tiny timm model, timm's Mixup (multi-label, soft targets) and timm's multi-label losses
 wrapped in WeightedSubsetKDLoss(soft_targets=True); the sample index carried as the target's last column,
-which is how it survives timm's fast_collate / prefetcher (README, "With timm, Lightning or mmpretrain").
+which is how it survives timm's fast_collate / prefetcher (docs/integrations.md).
 
 Needs the `timm` extra (in `dev`): not skipped when it is missing.
 """

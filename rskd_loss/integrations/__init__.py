@@ -4,7 +4,7 @@
   Lightning ``Trainer`` (predictions gathered over every DDP process).
 * :mod:`rskd_loss.integrations.mmpretrain`: registered loss, head and hook for an mmpretrain config
   (``custom_imports = dict(imports=["rskd_loss.integrations.mmpretrain"])``).
-* timm needs no module: see README, "With timm, Lightning or mmpretrain".
+* timm needs no module: see docs/integrations.md.
 
 This package imports neither Lightning nor mmpretrain nor timm; :mod:`.common` holds the
 framework-free helpers (``load_per_class_metric``, ``gather_rows``, ``first_per_index``).
