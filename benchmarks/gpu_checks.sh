@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The device checks, in one script (a GPU machine's time is scarce): recipes/benchmark.py (model
-# step, student ratios, data pipeline, end to end), the KD-loss micro-benchmark, the student-step
-# benchmark (ResNet-50, 256 px, batch 256, bf16, channels_last), and a short end-to-end GPU run of the
-# recipes (ERM, shot teachers + student, OLTR) on the synthetic benchmark.
+# step, student ratios, data pipeline, end to end), the KD-loss micro-benchmark, and a short end-to-end
+# GPU run of the recipes (ERM, shot teachers + student, OLTR) on the synthetic benchmark.
 # Usage: OUT=/some/folder bash benchmarks/gpu_checks.sh    (wheels for missing packages in .whl/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +19,5 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 # the whole-run benchmark first (model step, student ratios, pipeline, end to end; about 3 min)
 python3 recipes/benchmark.py --json "$OUT/benchmark.json" 2>&1 | grep -v '^[ {}]' | tee "$OUT/benchmark.txt"
 python3 benchmarks/bench_kd_loss.py --repeats 100 2>&1 | tee "$OUT/bench_kd_loss.txt"
-python3 benchmarks/bench_student_step.py --steps 30 2>&1 | tee "$OUT/bench_student_step.txt"
 python3 recipes/table3.py --profile demo --out /tmp/gpu_sweep --tables 3 --rows erm ours_shot oltr \
   --set run.device=cuda run.amp=auto model.name=resnet18 data.num_workers=4 2>&1 | tail -40 | tee "$OUT/gpu_sweep.txt"
