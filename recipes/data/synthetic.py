@@ -77,7 +77,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -433,6 +433,222 @@ def _vessel_tree(rng: np.random.Generator, disc: tuple[float, float], side: int,
     return out
 
 
+class _Geometry(NamedTuple):
+    """Where one image's fundus lies (pixels of the output image)."""
+
+    cx: float  # field centre
+    cy: float
+    R: float  # field radius
+    side: int  # +1: disc right of centre
+    disc: tuple[float, float]  # optic disc centre (x, y)
+    rd: float  # disc radius
+    mac: tuple[float, float]  # macula centre (x, y)
+    rm: float  # macula radius
+
+
+def _fundus_geometry(rng: np.random.Generator, W: int) -> _Geometry:
+    """Field centre and size, eye side, disc and macula position and size."""
+    cx = W / 2 + rng.normal(0, 0.02 * W)
+    cy = W / 2 + rng.normal(0, 0.02 * W)
+    R = W * rng.uniform(0.43, 0.48)
+    side = int(rng.choice([-1, 1]))  # +1: disc right of centre
+    disc = (cx + side * (0.38 + rng.normal(0, 0.03)) * R, cy + rng.normal(0, 0.05) * R)
+    rd = R * rng.uniform(0.10, 0.13)
+    mac = (cx - side * (0.17 + rng.normal(0, 0.03)) * R, cy + rng.normal(0, 0.04) * R)
+    rm = R * rng.uniform(0.14, 0.18)
+    return _Geometry(cx, cy, R, side, disc, rd, mac, rm)
+
+
+def _background(rng: np.random.Generator, W: int,
+                g: _Geometry) -> tuple[np.ndarray, np.float32, np.ndarray]:
+    """The textured, vignetted background with the macula and the optic disc.
+
+    Returns ``(img, bright, d)``: the float32 ``(W, W, 3)`` image, the brightness factor and each
+    pixel's distance from the field centre in field radii.
+    """
+    from PIL import Image
+
+    yy, xx = _grid(W)
+    base = (np.array([0.80, 0.36, 0.15]) + rng.normal(0, [0.04, 0.03, 0.02])).astype(np.float32)
+    bright = np.float32(rng.uniform(0.78, 1.12))
+    low = rng.normal(0, 1, (6, 6)).astype(np.float32)
+    tex = np.asarray(Image.fromarray(low, mode="F").resize((W, W), Image.Resampling.BICUBIC))
+    grain = rng.standard_normal((W, W), dtype=np.float32)
+    d = np.sqrt((yy - np.float32(g.cy)) ** 2 + (xx - np.float32(g.cx)) ** 2) / np.float32(g.R)
+    shade = bright * (1 + 0.07 * tex + 0.035 * grain) * (1 - 0.38 * d * d * np.sqrt(d))
+    img = base[None, None, :] * shade[..., None]
+    # macula: darker, browner (a Gaussian dip, computed on its bounding box only)
+    _darken(img, g.mac[1], g.mac[0], g.rm)
+    # optic disc with a pale cup
+    disc, rd = g.disc, g.rd
+    _blend_blob(img, disc[1], disc[0], rd, (1.0, 0.83, 0.55), 0.95, soft=0.25 * rd)
+    _blend_blob(img, disc[1] + rng.normal(0, 0.1) * rd, disc[0] + rng.normal(0, 0.1) * rd,
+                rd * rng.uniform(0.3, 0.45), (1.0, 0.95, 0.82), 0.9, soft=0.2 * rd)
+    return img, bright, d
+
+
+def _draw_vessels(img: np.ndarray, tree: list[tuple[list[tuple[float, float]], float]],
+                  bright: np.float32) -> np.ndarray:
+    """``img`` with the vessel ``tree`` painted in: drawn at 4x on a mask, box-filtered down
+    (anti-aliased sub-pixel widths)."""
+    from PIL import Image, ImageDraw
+
+    W = img.shape[0]
+    k = 4
+    mask = Image.new("L", (W * k, W * k), 0)
+    draw = ImageDraw.Draw(mask)
+    for pts, width in tree:
+        draw.line([(k * x, k * y) for x, y in pts], fill=255, width=max(1, int(round(k * width))),
+                  joint="curve")
+    mask = mask.resize((W, W), Image.Resampling.BOX)
+    va = (np.asarray(mask, dtype=np.float32) / 255.0 * 0.75)[..., None]
+    return img * (1 - va) + va * (np.array([0.50, 0.10, 0.07], np.float32) * bright)
+
+
+def _vessel_runs(tree: list[tuple[list[tuple[float, float]], float]],
+                 g: _Geometry) -> list[np.ndarray]:
+    """Vessel points away from the disc, per polyline (runs of consecutive points follow a
+    vessel)."""
+    disc, rd = g.disc, g.rd
+    runs = []
+    for pts, _ in tree:
+        a = np.asarray(pts[1:], dtype=np.float64)
+        a = a[((a[:, 0] - disc[0]) ** 2 + (a[:, 1] - disc[1]) ** 2) > (2.2 * rd) ** 2]
+        if len(a):
+            runs.append(a)
+    if not runs:  # (never seen) a tree entirely within the disc margin: use every point
+        runs = [np.asarray(pts, dtype=np.float64) for pts, _ in tree]
+    return runs
+
+
+class _LesionSites:
+    """Random lesion positions in one image's regions, drawn from that image's ``rng``."""
+
+    def __init__(self, rng: np.random.Generator, g: _Geometry, runs: list[np.ndarray]) -> None:
+        self.rng, self.g, self.runs = rng, g, runs
+        self.vessel_pts = np.concatenate(runs)
+
+    def vessel_run(self, n: int) -> np.ndarray:
+        """Up to ``n`` consecutive points along one vessel (longer vessels more likely)."""
+        rng, runs = self.rng, self.runs
+        lengths = np.array([len(r) for r in runs], dtype=np.float64)
+        r = runs[int(rng.choice(len(runs), p=lengths / lengths.sum()))]
+        start = int(rng.integers(max(1, len(r) - n + 1)))
+        return r[start:start + n]
+
+    def global_point(self) -> tuple[float, float]:
+        """A point of the mid-periphery away from the disc and the macula."""
+        rng, (cx, cy, R, _, disc, rd, mac, rm) = self.rng, self.g
+        for _ in range(100):
+            rr = R * np.sqrt(rng.uniform(0.06, 0.72))
+            a = rng.uniform(0, 2 * np.pi)
+            x, y = cx + rr * np.cos(a), cy + rr * np.sin(a)
+            if ((x - disc[0]) ** 2 + (y - disc[1]) ** 2 > (2.0 * rd) ** 2
+                    and (x - mac[0]) ** 2 + (y - mac[1]) ** 2 > (1.3 * rm) ** 2):
+                return x, y
+        return x, y
+
+    def local_point(self, region: str, spread: float = 1.0) -> tuple[float, float]:
+        """A point of ``region`` (``global``: :meth:`global_point`)."""
+        rng, (_, _, R, _, disc, rd, mac, rm) = self.rng, self.g
+        if region == "macula":
+            rr, a = rm * 0.75 * spread * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+            return mac[0] + rr * np.cos(a), mac[1] + rr * np.sin(a)
+        if region == "optic_disc":
+            rr, a = rd * rng.uniform(1.0, 1.7) * spread, rng.uniform(0, 2 * np.pi)
+            return disc[0] + rr * np.cos(a), disc[1] + rr * np.sin(a)
+        if region == "vessels":
+            x, y = self.vessel_pts[rng.integers(len(self.vessel_pts))]
+            rr, a = R * rng.uniform(0.02, 0.05) * spread, rng.uniform(0, 2 * np.pi)
+            return x + rr * np.cos(a), y + rr * np.sin(a)
+        return self.global_point()
+
+    def n_sites(self, region: str, lo_hi_local: tuple[int, int],
+                lo_hi_global: tuple[int, int]) -> int:
+        """How many lesion sites: uniform in ``lo_hi_global`` or ``lo_hi_local`` (inclusive)."""
+        lo, hi = lo_hi_global if region == "global" else lo_hi_local
+        return int(self.rng.integers(lo, hi + 1))
+
+
+def _draw_red_dots(img: np.ndarray, reg: str, s: _LesionSites) -> None:
+    rng, R = s.rng, s.g.R
+    if reg == "vessels":  # a beaded row of blots flanking one stretch of vessel
+        run = s.vessel_run(5)
+        for j, (x0, y0) in enumerate(run):
+            nxt = run[min(j + 1, len(run) - 1)] - run[max(j - 1, 0)]
+            nrm = np.array([-nxt[1], nxt[0]]) / (np.hypot(*nxt) + 1e-9)
+            off = (1 if j % 2 else -1) * 0.045 * R
+            _blend_blob(img, y0 + off * nrm[1], x0 + off * nrm[0], R * rng.uniform(0.035, 0.05),
+                        (0.40, 0.04, 0.03), 0.92, soft=0.6)
+    else:
+        for _ in range(s.n_sites(reg, (3, 5), (5, 9))):
+            x0, y0 = s.local_point(reg)
+            _blend_blob(img, y0, x0, R * rng.uniform(0.028, 0.045), (0.40, 0.04, 0.03), 0.92,
+                        soft=0.6)
+
+
+def _draw_yellow_spots(img: np.ndarray, reg: str, s: _LesionSites) -> None:
+    rng, R = s.rng, s.g.R
+    for _ in range(s.n_sites(reg, (1, 1), (2, 3))):
+        x0, y0 = s.local_point(reg)
+        for _ in range(int(rng.integers(3, 6))):
+            _blend_blob(img, y0 + rng.normal(0, 0.04 * R), x0 + rng.normal(0, 0.04 * R),
+                        R * rng.uniform(0.02, 0.032), (1.0, 0.92, 0.35), 0.92, soft=0.5)
+
+
+def _draw_pale_patch(img: np.ndarray, reg: str, s: _LesionSites) -> None:
+    rng, R, disc, rd = s.rng, s.g.R, s.g.disc, s.g.rd
+    if reg == "optic_disc":  # pallor: the whole disc turns white
+        _blend_blob(img, disc[1], disc[0], rd * 1.05, (0.97, 0.96, 0.92), 0.85, soft=0.3 * rd)
+    elif reg == "vessels":  # sheathing: a pale cuff along a stretch of vessel
+        for x0, y0 in s.vessel_run(5):
+            _blend_blob(img, y0, x0, R * 0.04, (0.95, 0.9, 0.82), 0.7, soft=0.8)
+    else:
+        for _ in range(s.n_sites(reg, (1, 1), (2, 3))):
+            x0, y0 = s.local_point(reg, 0.6)
+            _blend_blob(img, y0, x0, R * rng.uniform(0.065, 0.09), (0.96, 0.9, 0.82), 0.8,
+                        soft=0.35 * R * 0.08)
+
+
+def _draw_dark_pigment(img: np.ndarray, reg: str, s: _LesionSites) -> None:
+    rng, R = s.rng, s.g.R
+    for _ in range(s.n_sites(reg, (1, 2), (3, 5))):
+        x0, y0 = s.local_point(reg)
+        for _ in range(3):
+            _blend_blob(img, y0 + rng.normal(0, 0.025 * R), x0 + rng.normal(0, 0.025 * R),
+                        R * rng.uniform(0.022, 0.036), (0.10, 0.06, 0.04), 0.92, soft=0.5)
+
+
+def _draw_ring(img: np.ndarray, reg: str, s: _LesionSites) -> None:
+    rng, R, disc, rd, mac, rm = s.rng, s.g.R, s.g.disc, s.g.rd, s.g.mac, s.g.rm
+    if reg == "optic_disc":
+        x0, y0, rr = disc[0], disc[1], rd * rng.uniform(0.62, 0.8)
+        _blend_blob(img, y0, x0, rr, (0.30, 0.07, 0.04), 0.9, soft=0.5, ring=0.035 * R)
+    else:
+        for _ in range(s.n_sites(reg, (1, 1), (3, 5))):
+            if reg == "macula":
+                x0, y0 = mac[0] + rng.normal(0, 0.1 * rm), mac[1] + rng.normal(0, 0.1 * rm)
+            else:
+                x0, y0 = s.local_point(reg)
+            _blend_blob(img, y0, x0, R * rng.uniform(0.07, 0.095), (0.28, 0.07, 0.04), 0.88,
+                        soft=0.5, ring=0.035 * R)
+
+
+#: one drawing function per motif; any other motif is drawn as a ring
+_LESION_DRAWERS = {
+    "red_dots": _draw_red_dots,
+    "yellow_spots": _draw_yellow_spots,
+    "pale_patch": _draw_pale_patch,
+    "dark_pigment": _draw_dark_pigment,
+    "ring": _draw_ring,
+}
+
+
+def _draw_lesion(img: np.ndarray, cls: LesionClass, sites: _LesionSites) -> None:
+    """Draw the motif of ``cls`` in its region into ``img`` in place."""
+    _LESION_DRAWERS.get(cls.motif, _draw_ring)(img, cls.region, sites)
+
+
 def render_fundus(
     labels: np.ndarray,
     rng: np.random.Generator,
@@ -445,146 +661,17 @@ def render_fundus(
     Returns an ``(image_size, image_size, 3)`` uint8 RGB array. Deterministic for a given ``rng``
     state.
     """
-    from PIL import Image, ImageDraw
-
     classes = CATALOGUE[: len(labels)] if classes is None else classes
     W = int(image_size)
-    yy, xx = _grid(W)
-    # -- geometry (pixels of the output image) ---------------------------------------------------
-    cx = W / 2 + rng.normal(0, 0.02 * W)
-    cy = W / 2 + rng.normal(0, 0.02 * W)
-    R = W * rng.uniform(0.43, 0.48)
-    side = int(rng.choice([-1, 1]))  # +1: disc right of centre
-    disc = (cx + side * (0.38 + rng.normal(0, 0.03)) * R, cy + rng.normal(0, 0.05) * R)
-    rd = R * rng.uniform(0.10, 0.13)
-    mac = (cx - side * (0.17 + rng.normal(0, 0.03)) * R, cy + rng.normal(0, 0.04) * R)
-    rm = R * rng.uniform(0.14, 0.18)
-    # -- background ---------------------------------------------------------------------------
-    base = (np.array([0.80, 0.36, 0.15]) + rng.normal(0, [0.04, 0.03, 0.02])).astype(np.float32)
-    bright = np.float32(rng.uniform(0.78, 1.12))
-    low = rng.normal(0, 1, (6, 6)).astype(np.float32)
-    tex = np.asarray(Image.fromarray(low, mode="F").resize((W, W), Image.Resampling.BICUBIC))
-    grain = rng.standard_normal((W, W), dtype=np.float32)
-    d = np.sqrt((yy - np.float32(cy)) ** 2 + (xx - np.float32(cx)) ** 2) / np.float32(R)
-    shade = bright * (1 + 0.07 * tex + 0.035 * grain) * (1 - 0.38 * d * d * np.sqrt(d))
-    img = base[None, None, :] * shade[..., None]
-    # macula: darker, browner (a Gaussian dip, computed on its bounding box only)
-    _darken(img, mac[1], mac[0], rm)
-    # optic disc with a pale cup
-    _blend_blob(img, disc[1], disc[0], rd, (1.0, 0.83, 0.55), 0.95, soft=0.25 * rd)
-    _blend_blob(img, disc[1] + rng.normal(0, 0.1) * rd, disc[0] + rng.normal(0, 0.1) * rd,
-                rd * rng.uniform(0.3, 0.45), (1.0, 0.95, 0.82), 0.9, soft=0.2 * rd)
-    # vessels: drawn at 4x on a mask, box-filtered down (anti-aliased sub-pixel widths)
-    tree = _vessel_tree(rng, disc, side, R, (cx, cy))
-    k = 4
-    mask = Image.new("L", (W * k, W * k), 0)
-    draw = ImageDraw.Draw(mask)
-    for pts, width in tree:
-        draw.line([(k * x, k * y) for x, y in pts], fill=255, width=max(1, int(round(k * width))),
-                  joint="curve")
-    mask = mask.resize((W, W), Image.Resampling.BOX)
-    va = (np.asarray(mask, dtype=np.float32) / 255.0 * 0.75)[..., None]
-    img = img * (1 - va) + va * (np.array([0.50, 0.10, 0.07], np.float32) * bright)
-    # vessel points away from the disc, per polyline (runs of consecutive points follow a vessel)
-    runs = []
-    for pts, _ in tree:
-        a = np.asarray(pts[1:], dtype=np.float64)
-        a = a[((a[:, 0] - disc[0]) ** 2 + (a[:, 1] - disc[1]) ** 2) > (2.2 * rd) ** 2]
-        if len(a):
-            runs.append(a)
-    if not runs:  # (never seen) a tree entirely within the disc margin: use every point
-        runs = [np.asarray(pts, dtype=np.float64) for pts, _ in tree]
-    vessel_pts = np.concatenate(runs)
-
-    def vessel_run(n: int) -> np.ndarray:
-        """Up to ``n`` consecutive points along one vessel (longer vessels more likely)."""
-        lengths = np.array([len(r) for r in runs], dtype=np.float64)
-        r = runs[int(rng.choice(len(runs), p=lengths / lengths.sum()))]
-        start = int(rng.integers(max(1, len(r) - n + 1)))
-        return r[start:start + n]
-
-    # -- lesions ------------------------------------------------------------------------------
-    def global_point() -> tuple[float, float]:
-        for _ in range(100):
-            rr = R * np.sqrt(rng.uniform(0.06, 0.72))
-            a = rng.uniform(0, 2 * np.pi)
-            x, y = cx + rr * np.cos(a), cy + rr * np.sin(a)
-            if ((x - disc[0]) ** 2 + (y - disc[1]) ** 2 > (2.0 * rd) ** 2
-                    and (x - mac[0]) ** 2 + (y - mac[1]) ** 2 > (1.3 * rm) ** 2):
-                return x, y
-        return x, y
-
-    def local_point(region: str, spread: float = 1.0) -> tuple[float, float]:
-        if region == "macula":
-            rr, a = rm * 0.75 * spread * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-            return mac[0] + rr * np.cos(a), mac[1] + rr * np.sin(a)
-        if region == "optic_disc":
-            rr, a = rd * rng.uniform(1.0, 1.7) * spread, rng.uniform(0, 2 * np.pi)
-            return disc[0] + rr * np.cos(a), disc[1] + rr * np.sin(a)
-        if region == "vessels":
-            x, y = vessel_pts[rng.integers(len(vessel_pts))]
-            rr, a = R * rng.uniform(0.02, 0.05) * spread, rng.uniform(0, 2 * np.pi)
-            return x + rr * np.cos(a), y + rr * np.sin(a)
-        return global_point()
-
-    def n_sites(region: str, lo_hi_local: tuple[int, int], lo_hi_global: tuple[int, int]) -> int:
-        lo, hi = lo_hi_global if region == "global" else lo_hi_local
-        return int(rng.integers(lo, hi + 1))
-
+    g = _fundus_geometry(rng, W)
+    img, bright, d = _background(rng, W, g)
+    tree = _vessel_tree(rng, g.disc, g.side, g.R, (g.cx, g.cy))
+    img = _draw_vessels(img, tree, bright)
+    sites = _LesionSites(rng, g, _vessel_runs(tree, g))
     for c in np.flatnonzero(np.asarray(labels)):
-        cls = classes[int(c)]
-        reg, mot = cls.region, cls.motif
-        if mot == "red_dots":
-            if reg == "vessels":  # a beaded row of blots flanking one stretch of vessel
-                run = vessel_run(5)
-                for j, (x0, y0) in enumerate(run):
-                    nxt = run[min(j + 1, len(run) - 1)] - run[max(j - 1, 0)]
-                    nrm = np.array([-nxt[1], nxt[0]]) / (np.hypot(*nxt) + 1e-9)
-                    off = (1 if j % 2 else -1) * 0.045 * R
-                    _blend_blob(img, y0 + off * nrm[1], x0 + off * nrm[0], R * rng.uniform(0.035, 0.05),
-                                (0.40, 0.04, 0.03), 0.92, soft=0.6)
-            else:
-                for _ in range(n_sites(reg, (3, 5), (5, 9))):
-                    x0, y0 = local_point(reg)
-                    _blend_blob(img, y0, x0, R * rng.uniform(0.028, 0.045), (0.40, 0.04, 0.03), 0.92,
-                                soft=0.6)
-        elif mot == "yellow_spots":
-            for _ in range(n_sites(reg, (1, 1), (2, 3))):
-                x0, y0 = local_point(reg)
-                for _ in range(int(rng.integers(3, 6))):
-                    _blend_blob(img, y0 + rng.normal(0, 0.04 * R), x0 + rng.normal(0, 0.04 * R),
-                                R * rng.uniform(0.02, 0.032), (1.0, 0.92, 0.35), 0.92, soft=0.5)
-        elif mot == "pale_patch":
-            if reg == "optic_disc":  # pallor: the whole disc turns white
-                _blend_blob(img, disc[1], disc[0], rd * 1.05, (0.97, 0.96, 0.92), 0.85, soft=0.3 * rd)
-            elif reg == "vessels":  # sheathing: a pale cuff along a stretch of vessel
-                for x0, y0 in vessel_run(5):
-                    _blend_blob(img, y0, x0, R * 0.04, (0.95, 0.9, 0.82), 0.7, soft=0.8)
-            else:
-                for _ in range(n_sites(reg, (1, 1), (2, 3))):
-                    x0, y0 = local_point(reg, 0.6)
-                    _blend_blob(img, y0, x0, R * rng.uniform(0.065, 0.09), (0.96, 0.9, 0.82), 0.8,
-                                soft=0.35 * R * 0.08)
-        elif mot == "dark_pigment":
-            for _ in range(n_sites(reg, (1, 2), (3, 5))):
-                x0, y0 = local_point(reg)
-                for _ in range(3):
-                    _blend_blob(img, y0 + rng.normal(0, 0.025 * R), x0 + rng.normal(0, 0.025 * R),
-                                R * rng.uniform(0.022, 0.036), (0.10, 0.06, 0.04), 0.92, soft=0.5)
-        else:  # ring
-            if reg == "optic_disc":
-                x0, y0, rr = disc[0], disc[1], rd * rng.uniform(0.62, 0.8)
-                _blend_blob(img, y0, x0, rr, (0.30, 0.07, 0.04), 0.9, soft=0.5, ring=0.035 * R)
-            else:
-                for _ in range(n_sites(reg, (1, 1), (3, 5))):
-                    if reg == "macula":
-                        x0, y0 = mac[0] + rng.normal(0, 0.1 * rm), mac[1] + rng.normal(0, 0.1 * rm)
-                    else:
-                        x0, y0 = local_point(reg)
-                    _blend_blob(img, y0, x0, R * rng.uniform(0.07, 0.095), (0.28, 0.07, 0.04), 0.88,
-                                soft=0.5, ring=0.035 * R)
+        _draw_lesion(img, classes[int(c)], sites)
     # -- field mask, downsample, quantise -------------------------------------------------------
-    field = np.clip((1.0 - d) * np.float32(R) + 0.5, 0.0, 1.0)
+    field = np.clip((1.0 - d) * np.float32(g.R) + 0.5, 0.0, 1.0)
     img *= field[..., None]
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -621,6 +708,94 @@ def _render_job(args: tuple[int, int, int, bytes, str]) -> None:
     labels = np.frombuffer(row, dtype=np.uint8)
     rng = np.random.default_rng([seed, 1, j])
     atomic_write_bytes(path, _png_bytes(render_fundus(labels, rng, image_size=image_size)))
+
+
+def _synthetic_meta(y: np.ndarray, names: Sequence[str], counts: np.ndarray, *, seed: int,
+                    num_images: int, num_classes: int, image_size: int, imbalance_ratio: float,
+                    normal_fraction: float, cooccurrence: float) -> dict[str, Any]:
+    """The content of ``meta.json``: the arguments and the realised counts."""
+    per_image = np.bincount(y.sum(axis=1), minlength=min(4, num_classes) + 1)
+    return {
+        "generator": "recipes.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "num_images": int(num_images),
+        "num_classes": int(num_classes),
+        "image_size": int(image_size),
+        "imbalance_ratio": float(imbalance_ratio),
+        "normal_fraction": float(normal_fraction),
+        "cooccurrence": float(cooccurrence),
+        "class_counts": {n: int(k) for n, k in zip(names, counts)},
+        "labels_per_image": {str(k): int(v) for k, v in enumerate(per_image)},
+    }
+
+
+def _reusable(out: Path, meta_text: str, ids: Sequence[str]) -> bool:
+    """Whether ``out`` already holds this very generation (``meta_text`` and every file).
+
+    Raises if ``out`` is a file, or a non-empty folder without a ``meta.json`` of this generator.
+    """
+    meta_path, image_dir = out / "meta.json", out / "images"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir must be a folder, got a file: {out}")
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not meta_path.is_file():
+        raise FileExistsError(f"{out} is not empty and holds no meta.json of this generator; "
+                              f"refusing to write into it (choose an empty or new folder)")
+    try:
+        old = json.loads(meta_path.read_text("utf-8"))
+    except ValueError:
+        old = None
+    if not isinstance(old, dict) or old.get("generator") != "recipes.data.synthetic":
+        raise FileExistsError(f"{meta_path} is not a meta.json of recipes.data.synthetic; "
+                              f"refusing to write into {out}")
+    return (meta_path.read_text("utf-8") == meta_text and (out / "labels.csv").is_file()
+            and (out / "prior.json").is_file() and all((image_dir / i).is_file() for i in ids))
+
+
+def _render_images(jobs: list[tuple[int, int, int, bytes, str]], workers: int,
+                   progress: bool) -> None:
+    """Run the rendering ``jobs`` in this process (``workers`` = 1) or in a pool."""
+    num_images = len(jobs)
+    step = max(1, num_images // 10)
+    if workers == 1:
+        for k, job in enumerate(jobs, 1):
+            _render_job(job)
+            if progress and (k % step == 0 or k == num_images):
+                print(f"[synthetic] {k}/{num_images} images", file=sys.stderr, flush=True)
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for k, _ in enumerate(pool.imap_unordered(_render_job, jobs, chunksize=32), 1):
+                if progress and (k % step == 0 or k == num_images):
+                    print(f"[synthetic] {k}/{num_images} images", file=sys.stderr, flush=True)
+
+
+def _write_generation(out: Path, y: np.ndarray, names: Sequence[str], ids: Sequence[str],
+                      meta_text: str, *, seed: int, image_size: int, workers: int,
+                      progress: bool) -> None:
+    """(Re)write every file of a generation into ``out``; ``meta.json`` last."""
+    image_dir, meta_path = out / "images", out / "meta.json"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if meta_path.is_file():
+        meta_path.unlink()  # the folder is inconsistent until the new meta.json is written
+    keep = set(ids)
+    for p in image_dir.glob("syn_*.png"):
+        if p.name not in keep:
+            p.unlink()
+    jobs = [(int(seed), j, image_size, y[j].tobytes(), str(image_dir / ids[j]))
+            for j in range(len(ids))]
+    _render_images(jobs, workers, progress)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", *names])
+    for j in range(len(ids)):
+        w.writerow([ids[j], *(int(v) for v in y[j])])
+    atomic_write_text(out / "labels.csv", buf.getvalue())
+    atomic_write_text(out / "prior.json", json.dumps(synthetic_prior(len(names)), indent=2) + "\n")
+    atomic_write_text(meta_path, meta_text)  # last: its presence marks a complete generation
 
 
 def generate_synthetic(
@@ -670,75 +845,19 @@ def generate_synthetic(
     out = Path(out_dir)
     image_dir = out / "images"
     csv_path, prior_path, meta_path = out / "labels.csv", out / "prior.json", out / "meta.json"
-    classes = CATALOGUE[:num_classes]
-    names = tuple(c.name for c in classes)
+    names = tuple(c.name for c in CATALOGUE[:num_classes])
     width = max(5, len(str(num_images - 1)))
     ids = [f"syn_{j:0{width}d}.png" for j in range(num_images)]
     counts = y.sum(axis=0).astype(int)
-    per_image = np.bincount(y.sum(axis=1), minlength=min(4, num_classes) + 1)
-    meta = {
-        "generator": "recipes.data.synthetic",
-        "version": GENERATOR_VERSION,
-        "seed": int(seed),
-        "num_images": int(num_images),
-        "num_classes": int(num_classes),
-        "image_size": int(image_size),
-        "imbalance_ratio": float(imbalance_ratio),
-        "normal_fraction": float(normal_fraction),
-        "cooccurrence": float(cooccurrence),
-        "class_counts": {n: int(k) for n, k in zip(names, counts)},
-        "labels_per_image": {str(k): int(v) for k, v in enumerate(per_image)},
-    }
+    meta = _synthetic_meta(y, names, counts, seed=seed, num_images=num_images,
+                           num_classes=num_classes, image_size=image_size,
+                           imbalance_ratio=imbalance_ratio, normal_fraction=normal_fraction,
+                           cooccurrence=cooccurrence)
     meta_text = json.dumps(meta, indent=2) + "\n"
-
-    reused = False
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir must be a folder, got a file: {out}")
-    if out.is_dir() and any(out.iterdir()):
-        if not meta_path.is_file():
-            raise FileExistsError(f"{out} is not empty and holds no meta.json of this generator; "
-                                  f"refusing to write into it (choose an empty or new folder)")
-        try:
-            old = json.loads(meta_path.read_text("utf-8"))
-        except ValueError:
-            old = None
-        if not isinstance(old, dict) or old.get("generator") != "recipes.data.synthetic":
-            raise FileExistsError(f"{meta_path} is not a meta.json of recipes.data.synthetic; "
-                                  f"refusing to write into {out}")
-        if (meta_path.read_text("utf-8") == meta_text and csv_path.is_file() and prior_path.is_file()
-                and all((image_dir / i).is_file() for i in ids)):
-            reused = True
+    reused = _reusable(out, meta_text, ids)
     if not reused:
-        image_dir.mkdir(parents=True, exist_ok=True)
-        if meta_path.is_file():
-            meta_path.unlink()  # the folder is inconsistent until the new meta.json is written
-        keep = set(ids)
-        for p in image_dir.glob("syn_*.png"):
-            if p.name not in keep:
-                p.unlink()
-        jobs = [(int(seed), j, image_size, y[j].tobytes(), str(image_dir / ids[j]))
-                for j in range(num_images)]
-        step = max(1, num_images // 10)
-        if workers == 1:
-            for k, job in enumerate(jobs, 1):
-                _render_job(job)
-                if progress and (k % step == 0 or k == num_images):
-                    print(f"[synthetic] {k}/{num_images} images", file=sys.stderr, flush=True)
-        else:
-            import multiprocessing
-
-            with multiprocessing.get_context().Pool(workers) as pool:
-                for k, _ in enumerate(pool.imap_unordered(_render_job, jobs, chunksize=32), 1):
-                    if progress and (k % step == 0 or k == num_images):
-                        print(f"[synthetic] {k}/{num_images} images", file=sys.stderr, flush=True)
-        buf = io.StringIO(newline="")
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image", *names])
-        for j in range(num_images):
-            w.writerow([ids[j], *(int(v) for v in y[j])])
-        atomic_write_text(csv_path, buf.getvalue())
-        atomic_write_text(prior_path, json.dumps(synthetic_prior(num_classes), indent=2) + "\n")
-        atomic_write_text(meta_path, meta_text)  # last: its presence marks a complete generation
+        _write_generation(out, y, names, ids, meta_text, seed=seed, image_size=image_size,
+                          workers=workers, progress=progress)
     return SyntheticInfo(out_dir=out, csv_path=csv_path, image_dir=image_dir, prior_path=prior_path,
                          meta_path=meta_path, class_names=names,
                          class_counts=tuple(int(k) for k in counts), num_images=int(num_images),
