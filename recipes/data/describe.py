@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
-from .csv_dataset import read_label_csv
+from .csv_dataset import label_columns_message, read_label_csv
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -155,6 +155,7 @@ def describe(
     label_columns: Sequence[str] | None = None,
     thresholds: tuple[int, int] = DEFAULT_THRESHOLDS,
     verbose: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compute, print and plot the statistics of a labels CSV (see the module doc); returns them."""
     import matplotlib
@@ -162,7 +163,10 @@ def describe(
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns)
+    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns,
+                           class_names=class_names)
+    if verbose:
+        print(label_columns_message(table))
     y, names = table.targets, list(table.class_names)
     counts = y.sum(axis=0).astype(int)
     groups, rule = shot_groups(counts, thresholds)
@@ -256,11 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the figures and summary.json")
     p.add_argument("--partition", default=None, help="partition JSON (subsets of class indices)")
     p.add_argument("--image-column", default=None)
+    p.add_argument("--class-names", nargs="+", default=None, metavar="COLUMN",
+                   help="the label columns (default: every column of 0/1 values)")
     p.add_argument("--thresholds", type=int, nargs=2, default=DEFAULT_THRESHOLDS,
                    metavar=("MANY", "FEW"), help="head > MANY, tail < FEW (default 100 20)")
     a = p.parse_args(argv)
     describe(a.csv, a.out, partition=a.partition, image_column=a.image_column,
-             thresholds=tuple(a.thresholds))
+             thresholds=tuple(a.thresholds), class_names=a.class_names)
     return 0
 
 
