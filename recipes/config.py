@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "csv": "labels.csv",
         "image_dir": "images",
         "image_suffix": "",
+        "image_column": None,      # the CSV column of image file names (None: the first column)
         "synthetic": {"seed": 0, "num_images": None, "image_size": None, "num_classes": None},
         "rfmid_variant": "auto",
         "scheme": "kfold",         # kfold (the paper's 4-fold cross-validation) | holdout (7:1:2)
@@ -250,6 +251,12 @@ def validate(cfg: Mapping) -> None:
     cn = d["class_names"]
     _check(cn is None or (isinstance(cn, (list, tuple)) and cn and all(isinstance(c, str) for c in cn)),
            "data.class_names", "None or a non-empty list of column names", cn)
+    ic = d["image_column"]
+    _check(ic is None or (isinstance(ic, str) and ic.strip()), "data.image_column",
+           "None (the first column) or a column name", ic)
+    if cn is not None and ic is not None and ic in cn:
+        raise ConfigError(f"config key 'data.class_names' must not name the image column "
+                          f"data.image_column={ic!r}, got {list(cn)}")
     _check(isinstance(d["skip_bad_images"], bool), "data.skip_bad_images", "True or False", d["skip_bad_images"])
     _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
     _check(m["norm"] in ("batch", "group"), "model.norm", "batch or group", m["norm"])

@@ -93,3 +93,14 @@ def test_profiles_do_not_apply_the_synthetic_prior_to_another_data_set(tmp_path)
         load_config(None, "demo", [f"method.partition.prior='{tmp_path / 'absent.json'}'"])
     with pytest.raises(ConfigError, match=r"method.partition.prior': unknown prior 'mine'"):
         load_config(None, "demo", ["method.partition.prior='mine'"])
+
+
+def test_image_column_and_class_names_keys():
+    cfg = load_config(None, "demo", ["data.dataset='csv'", "data.image_column='Image file'",
+                                     "data.class_names=['Diabetic retinopathy', 'Glaucoma']"])
+    assert cfg["data"]["image_column"] == "Image file"
+    assert load_config(None, "demo")["data"]["image_column"] is None
+    with pytest.raises(ConfigError, match=r"'data.class_names' must not name the image column"):
+        load_config(None, "demo", ["data.image_column='img'", "data.class_names=['img', 'A']"])
+    with pytest.raises(ConfigError, match=r"'data.image_column' must be None \(the first column\) or a column name"):
+        load_config(None, "demo", ["data.image_column=3"])
