@@ -26,10 +26,10 @@ the generator can draw); every class of the data set must be in it (:func:`resol
 **Your own data set.** The region and feature rules need a prior for *your* classes: a JSON file in
 the format above, passed by path wherever a prior name is taken (``method.partition.prior`` of the
 recipes, ``SubsetPartitioner(prior=...)``). Start from the template that lists your classes, each in
-a group of its own (so it is valid and runs, but groups nothing yet)::
+a group of its own (so it is valid and runs, but groups nothing yet), with the recipes' command or
+:func:`template_prior`::
 
-    python -m rskd_loss.priors --csv data/mine/labels.csv -o data/mine/prior.json
-    python -m rskd_loss.priors --classes "Diabetic retinopathy" Glaucoma ... -o prior.json
+    python -m recipes.data.describe --csv data/mine/labels.csv --write-prior data/mine/prior.json
 
 then edit ``"region"`` (where each class's sign is seen, e.g. the four regions of Ju et al. Table 1:
 ``optic_disc``, ``macula``, ``vessels``, ``global``) and ``"feature"`` (classes that share a visible
@@ -70,7 +70,7 @@ GROUPING_KEYS = ("region", "feature")
 
 _PACKAGE = "rskd_loss"
 _FOLDER = "priors"
-TEMPLATE_COMMAND = "python -m rskd_loss.priors --csv YOUR_LABELS.csv -o my_prior.json"
+TEMPLATE_COMMAND = "python -m recipes.data.describe --csv YOUR_LABELS.csv --write-prior my_prior.json"
 
 
 class PriorError(ValueError):
@@ -257,8 +257,8 @@ def load_prior(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
 def how_to_write_prior(key: str = "method.partition.prior") -> str:
     """The sentence that tells a user how to write a prior (format, template command, setting)."""
     return (f"write a prior for your classes (format: rskd_loss/priors.py module doc, recipes/README.md "
-            f"'Your own data'); a starting one listing them: {TEMPLATE_COMMAND} (or --classes NAME ...), "
-            f"then set {key}='my_prior.json'")
+            f"'Your own data'); a starting one listing them: {TEMPLATE_COMMAND} (in Python: "
+            f"rskd_loss.priors.template_prior(class_names)), then set {key}='my_prior.json'")
 
 
 def resolve_prior(
@@ -328,7 +328,7 @@ def template_prior(class_names: Sequence[str], name: str = "my_prior") -> dict[s
         raise ValueError(f"class_names must be unique, got {dup} more than once")
     prior = {
         "name": name,
-        "description": "TEMPLATE written by `python -m rskd_loss.priors`: every class is in a group of its "
+        "description": "TEMPLATE (rskd_loss.priors.template_prior): every class is in a group of its "
                        "own. Edit 'region' (where each class's sign is seen, e.g. optic_disc, macula, "
                        "vessels, global as in Ju et al. MICCAI 2021 Table 1) and 'feature' (classes sharing a "
                        "visible phenotype): move class names into shared groups and delete emptied groups.",
@@ -338,54 +338,3 @@ def template_prior(class_names: Sequence[str], name: str = "my_prior") -> dict[s
         "feature": {c: [c] for c in names},
     }
     return validate_prior(prior, source="template")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    from .fileio import atomic_write_text
-
-    p = argparse.ArgumentParser(
-        prog="python -m rskd_loss.priors",
-        description="Write a starting prior (JSON) listing your classes, each in a group of its own, to edit.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="a labels CSV: its label columns become the classes (every column of 0/1 "
-                                   "values, as the recipes detect them; or --class-names)")
-    src.add_argument("--classes", nargs="+", metavar="NAME", help="the class names")
-    p.add_argument("--class-names", nargs="+", metavar="COLUMN", default=None,
-                   help="with --csv: the label columns (default: detected)")
-    p.add_argument("--image-column", default=None, help="with --csv: the image column (default: the first)")
-    p.add_argument("--name", default=None, help="the prior's name (default: the output file's stem)")
-    p.add_argument("-o", "--out", required=True, help="the JSON file to write (refused if it exists)")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
-    a = p.parse_args(argv)
-    if os.path.exists(a.out) and not a.force:
-        raise FileExistsError(f"{a.out} exists; pass --force to overwrite it")
-    if a.classes is not None:
-        names = list(a.classes)
-    else:
-        try:
-            from recipes.data.csv_dataset import label_columns_message, read_label_csv
-        except ImportError as exc:
-            raise ValueError(f"--csv reads the CSV with the recipes (recipes/data/csv_dataset.py), which "
-                             f"cannot be imported here ({exc}): run from the repository root, or pass "
-                             f"--classes") from None
-        table = read_label_csv(a.csv, image_column=a.image_column, class_names=a.class_names)
-        print(label_columns_message(table))
-        names = list(table.class_names)
-    stem = os.path.splitext(os.path.basename(a.out))[0] or "my_prior"
-    prior = template_prior(names, name=a.name or stem)
-    atomic_write_text(a.out, json.dumps(prior, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {a.out}: {len(names)} classes, each in its own region and feature group; edit the groups "
-          f"(format: rskd_loss/priors.py), then --set method.partition.prior={a.out!r}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    try:
-        raise SystemExit(main())
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)

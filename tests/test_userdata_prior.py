@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from recipes.config import ConfigError, default_prior, load_config
-from rskd_loss.priors import PriorError, load_prior, main, resolve_prior, template_prior
+from recipes.data.describe import main
+from rskd_loss.priors import PriorError, load_prior, resolve_prior, template_prior
 
 # a hospital-style export: BOM, spaces in class names, an age column, the image column second
 EXPORT = ("patient_age,Image file,Diabetic retinopathy, Macular hole ,Glaucoma\n"
@@ -28,7 +29,7 @@ def test_resolve_prior_follows_the_data_set_or_asks_for_one():
         resolve_prior(None, USER_CLASSES, data="data/mine/labels.csv")
     msg = str(info.value)
     assert "method.partition.prior is not set" in msg and "3 classes of data/mine/labels.csv" in msg
-    assert "python -m rskd_loss.priors --csv YOUR_LABELS.csv -o my_prior.json" in msg
+    assert "python -m recipes.data.describe --csv YOUR_LABELS.csv --write-prior my_prior.json" in msg
     assert "method.partition.prior='my_prior.json'" in msg and "recipes/README.md" in msg
 
 
@@ -39,15 +40,15 @@ def test_mismatched_prior_lists_the_missing_classes():
     assert msg.startswith("prior 'synthetic' (the default of labels.csv; method.partition.prior chooses "
                           "another) lacks 3 of the 4 classes of labels.csv: ['Diabetic retinopathy', "
                           "'Macular hole', 'Glaucoma']")
-    assert "python -m rskd_loss.priors --csv" in msg
-    with pytest.raises(FileNotFoundError, match=r"prior file 'nope/p.json' does not exist.*rskd_loss.priors --csv"):
+    assert "python -m recipes.data.describe --csv" in msg
+    with pytest.raises(FileNotFoundError, match=r"prior file 'nope/p.json' does not exist.*recipes.data.describe --csv"):
         resolve_prior("nope/p.json", USER_CLASSES)
 
 
 def test_template_command_writes_a_valid_prior_listing_the_csv_classes(tmp_path, capsys):
     csv_path = _csv(tmp_path)
     out = tmp_path / "my_prior.json"
-    assert main(["--csv", str(csv_path), "--image-column", "Image file", "-o", str(out)]) == 0
+    assert main(["--csv", str(csv_path), "--image-column", "Image file", "--write-prior", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 column(s) with other values: 'patient_age'" in printed and "wrote" in printed
     prior = load_prior(out)
@@ -55,10 +56,9 @@ def test_template_command_writes_a_valid_prior_listing_the_csv_classes(tmp_path,
     assert prior["region"] == {c: [c] for c in USER_CLASSES} == prior["feature"]
     with pytest.warns(UserWarning, match="groups nothing"):
         assert resolve_prior(str(out), USER_CLASSES)["classes"] == USER_CLASSES
-    with pytest.raises(FileExistsError, match="pass --force"):
-        main(["--classes", "A", "-o", str(out)])
-    assert main(["--classes", "A", "B", "-o", str(out), "--force", "--name", "two"]) == 0
-    assert load_prior(out)["classes"] == ["A", "B"]
+    with pytest.raises(FileExistsError, match="exists; expected a new file"):
+        main(["--csv", str(csv_path), "--write-prior", str(out)])
+    out.write_text(json.dumps(template_prior(["A", "B"], name="two")))
     # an edited prior (classes grouped) resolves without the warning
     doc = json.loads(out.read_text())
     doc["region"] = {"macula": ["A", "B"]}
@@ -83,7 +83,7 @@ def test_profiles_do_not_apply_the_synthetic_prior_to_another_data_set(tmp_path)
             load_config(None, "paper", ["data.dataset='csv'", f"method.partition.rule='{rule}'"])
         msg = str(info.value)
         assert f"must name a prior for the {rule} rule on data.dataset='csv', got None" in msg
-        assert "python -m rskd_loss.priors --csv" in msg
+        assert "python -m recipes.data.describe --csv" in msg
     prior = tmp_path / "mine.json"
     prior.write_text(json.dumps(template_prior(USER_CLASSES, name="mine")))
     cfg = load_config(None, "demo", ["data.dataset='csv'", "method.partition.rule='region'",
