@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["DiskWriteError", "LOW_SPACE_BYTES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "file_sha256", "disk_write_error"]
+           "file_sha256", "disk_write_error", "reserve_space"]
 
 #: below this many free bytes a failed ``torch.save`` is reported as a full disk
 LOW_SPACE_BYTES = 64 << 20
@@ -163,6 +163,29 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def reserve_space(path: str | os.PathLike[str], nbytes: int | None = None) -> None:
+    """Allocate ``nbytes`` (default: the file's size) of ``path`` on disk now (``posix_fallocate``).
+
+    For a memory-mapped file (``np.lib.format.open_memmap``) written inside :func:`atomic_path`: the
+    mapping is a sparse file, and a full disk would surface as a ``SIGBUS`` crash at some later page
+    write; reserved first, it is an ``OSError(ENOSPC)`` here, which :func:`atomic_path` reports as a
+    :class:`DiskWriteError`. A no-op where the file system or platform cannot preallocate.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = os.path.getsize(path) if nbytes is None else int(nbytes)
+    if size <= 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:

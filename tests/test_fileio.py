@@ -132,3 +132,22 @@ def test_other_errors_pass_through_unchanged(tmp_path) -> None:
         with atomic_path(tmp_path / "b.pt"):
             raise FileNotFoundError(errno.ENOENT, "gone")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reserve_space_turns_a_full_disk_into_diskwriteerror(tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    p = tmp_path / "decoded.npy"
+    with atomic_path(p) as tmp:  # enough space: the memory-mapped file is allocated, then written
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(4, 1024))
+        fileio.reserve_space(tmp)
+        arr[:] = 7
+        arr.flush()
+        del arr
+    assert os.stat(p).st_blocks * 512 >= 4096 and np.load(p).sum() == 7 * 4096
+    monkeypatch.setattr(os, "posix_fallocate", _no_space)
+    with pytest.raises(DiskWriteError, match=rf"cannot write {p}: disk full \(ENOSPC\).*{p} is unchanged"):
+        with atomic_path(p) as tmp:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(4, 1024))
+            fileio.reserve_space(tmp)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["decoded.npy"]
