@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "csv": "labels.csv",
         "image_dir": "images",
         "image_suffix": "",
+        "image_column": None,      # the CSV column of image file names (None: the first column)
         "synthetic": {"seed": 0, "num_images": None, "image_size": None, "num_classes": None},
         "rfmid_variant": "auto",
         "scheme": "kfold",         # kfold (the paper's 4-fold cross-validation) | holdout (7:1:2)
@@ -42,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 4,
         "preload": False,          # decode every image once into memory (small data sets, CPU demo)
         "augment": True,
-        "class_names": None,       # the expected label columns (None: every 0/1 column of the CSV)
+        "class_names": None,       # the label columns, in order (None: detected, every column of 0/1 values;
+                                   # the others, e.g. an age, are skipped and listed in the run's log)
         "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
     },
     "model": {
@@ -71,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
         "num_samples_cls": 4,
         "oltr_stage": None,        # None | 1 | 2 (OLTR's two runs)
         "init_from": None,         # a run folder whose best.pt initialises this run (OLTR stage 2)
+        # prior (region / feature rules): a shipped name or a prior JSON file; None: the data set's own
+        # (DATASET_PRIORS: synthetic, rfmid); data.dataset='csv' has none, so those rules need it set
         "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
                       "num_subsets": None},
         "subset": None,            # teacher: the subset index
@@ -97,6 +101,19 @@ DEFAULTS: dict[str, Any] = {
 
 STAGES = ("baseline", "teacher", "student")
 RULES = ("shot", "region", "feature")
+#: the prior shipped for each data set, used when ``method.partition.prior`` is None
+DATASET_PRIORS = {"synthetic": "synthetic", "rfmid": "rfmid"}
+
+
+def default_prior(dataset: str) -> str | None:
+    """The shipped prior of ``data.dataset`` (``"synthetic"``, ``"rfmid"``), ``None`` for ``"csv"``."""
+    return DATASET_PRIORS.get(dataset)
+
+
+def needs_prior(cfg: Mapping) -> bool:
+    """Whether ``cfg``'s partition rule looks classes up in a prior (region, or feature by groups)."""
+    p = cfg["method"]["partition"]
+    return p["rule"] == "region" or (p["rule"] == "feature" and p["num_subsets"] is None)
 
 
 class ConfigError(ValueError):
@@ -175,6 +192,8 @@ def load_config(
         if layer is not None:
             cfg = _merge(cfg, _read_py_config(layer))
     cfg = _merge(cfg, parse_overrides(overrides))
+    if cfg["method"]["partition"]["prior"] is None:  # the prior follows the data set, never a profile's
+        cfg["method"]["partition"]["prior"] = default_prior(cfg["data"]["dataset"])
     validate(cfg)
     return cfg
 
@@ -190,6 +209,30 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_prior(cfg: Mapping) -> None:
+    """``method.partition.prior``: None, a shipped prior's name, or a prior JSON file that exists and
+    is valid; a rule that needs one on a data set without one is refused, saying how to write it."""
+    from rskd_loss.priors import available_priors, how_to_write_prior, load_prior
+
+    prior, dataset = cfg["method"]["partition"]["prior"], cfg["data"]["dataset"]
+    if prior is None:
+        if needs_prior(cfg):
+            raise ConfigError(
+                f"config key 'method.partition.prior' must name a prior for the "
+                f"{cfg['method']['partition']['rule']} rule on data.dataset={dataset!r}, got None (only "
+                f"{sorted(DATASET_PRIORS)} ship one); {how_to_write_prior()}")
+        return
+    if not isinstance(prior, (str, os.PathLike)):
+        raise ConfigError(f"config key 'method.partition.prior' must be None, a shipped prior "
+                          f"{available_priors()} or the path of a prior JSON file, got {prior!r}")
+    try:
+        load_prior(prior)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config key 'method.partition.prior': {exc}; {how_to_write_prior()}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config key 'method.partition.prior': {exc}; {how_to_write_prior()}") from None
 
 
 def validate(cfg: Mapping) -> None:
@@ -208,6 +251,12 @@ def validate(cfg: Mapping) -> None:
     cn = d["class_names"]
     _check(cn is None or (isinstance(cn, (list, tuple)) and cn and all(isinstance(c, str) for c in cn)),
            "data.class_names", "None or a non-empty list of column names", cn)
+    ic = d["image_column"]
+    _check(ic is None or (isinstance(ic, str) and ic.strip()), "data.image_column",
+           "None (the first column) or a column name", ic)
+    if cn is not None and ic is not None and ic in cn:
+        raise ConfigError(f"config key 'data.class_names' must not name the image column "
+                          f"data.image_column={ic!r}, got {list(cn)}")
     _check(isinstance(d["skip_bad_images"], bool), "data.skip_bad_images", "True or False", d["skip_bad_images"])
     _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
     _check(m["norm"] in ("batch", "group"), "model.norm", "batch or group", m["norm"])
@@ -233,6 +282,7 @@ def validate(cfg: Mapping) -> None:
         _check(meth["init_from"] is not None, "method.init_from", "the OLTR stage-1 run folder", None)
     part = meth["partition"]
     _check(part["rule"] in RULES, "method.partition.rule", f"one of {', '.join(RULES)}", part["rule"])
+    _check_prior(cfg)
     th = part["thresholds"]
     _check(isinstance(th, (list, tuple)) and len(th) == 2 and all(_is_num(t) and t > 0 for t in th)
            and th[0] > th[1], "method.partition.thresholds", "(head, tail) with head > tail > 0", th)

@@ -20,6 +20,20 @@ The format, checked by :func:`validate_prior`::
 ``classes`` is in exactly one group of each, and a group names no class outside ``classes``. The
 group order in the file is the subset order of the partition. No other key is accepted, and a key
 repeated inside one JSON object is refused (plain ``json`` would silently keep the last one).
+A prior may list more classes than a data set has (the shipped ``synthetic`` prior covers every class
+the generator can draw); every class of the data set must be in it (:func:`resolve_prior`).
+
+**Your own data set.** The region and feature rules need a prior for *your* classes: a JSON file in
+the format above, passed by path wherever a prior name is taken (``method.partition.prior`` of the
+recipes, ``SubsetPartitioner(prior=...)``). Start from the template that lists your classes, each in
+a group of its own (so it is valid and runs, but groups nothing yet), with the recipes' command or
+:func:`template_prior`::
+
+    python -m recipes.data.describe --csv data/mine/labels.csv --write-prior data/mine/prior.json
+
+then edit ``"region"`` (where each class's sign is seen, e.g. the four regions of Ju et al. Table 1:
+``optic_disc``, ``macula``, ``vessels``, ``global``) and ``"feature"`` (classes that share a visible
+phenotype) by moving class names into shared groups and deleting the emptied ones.
 
 Example:
     >>> from rskd_loss.priors import available_priors, load_prior
@@ -35,9 +49,13 @@ import copy
 import json
 import os
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 __all__ = [
+    "PriorError",
+    "resolve_prior",
+    "template_prior",
+    "how_to_write_prior",
     "PRIOR_KEYS",
     "REQUIRED_PRIOR_KEYS",
     "GROUPING_KEYS",
@@ -52,6 +70,11 @@ GROUPING_KEYS = ("region", "feature")
 
 _PACKAGE = "rskd_loss"
 _FOLDER = "priors"
+TEMPLATE_COMMAND = "python -m recipes.data.describe --csv YOUR_LABELS.csv --write-prior my_prior.json"
+
+
+class PriorError(ValueError):
+    """No prior, or one that does not cover the data set's classes; the message says how to write one."""
 
 
 def _prior_folder() -> Any:
@@ -229,3 +252,89 @@ def load_prior(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     return validate_prior(_parse(text, f"prior file {path!r}"), source=f"prior file {path!r}")
+
+
+def how_to_write_prior(key: str = "method.partition.prior") -> str:
+    """The sentence that tells a user how to write a prior (format, template command, setting)."""
+    return (f"write a prior for your classes (format: rskd_loss/priors.py module doc, recipes/README.md "
+            f"'Your own data'); a starting one listing them: {TEMPLATE_COMMAND} (in Python: "
+            f"rskd_loss.priors.template_prior(class_names)), then set {key}='my_prior.json'")
+
+
+def resolve_prior(
+    prior: str | os.PathLike[str] | Mapping[str, Any] | None,
+    class_names: Sequence[str],
+    *,
+    default: str | None = None,
+    key: str = "method.partition.prior",
+    data: str = "this data set",
+) -> dict[str, Any]:
+    """The validated prior for ``class_names``: ``prior`` (a shipped name, a JSON path or a prior
+    dict), else ``default`` (the prior shipped for the data set, e.g. ``"synthetic"``).
+
+    Raises :class:`PriorError` when there is none (``prior`` and ``default`` both ``None``) or when
+    classes of ``class_names`` are not in the prior: the message lists the missing classes, the
+    prior's source, and how to write one (the template command; ``key`` names the setting).
+    ``FileNotFoundError`` for a path that does not exist (also naming the template command).
+
+    Example:
+        >>> p = resolve_prior(None, ["hemorrhage", "drusen"], default="synthetic")
+        >>> p["name"]
+        'synthetic'
+    """
+    names = [str(c) for c in class_names]
+    chosen = default if prior is None else prior
+    if chosen is None:
+        raise PriorError(f"{key} is not set, and the region and feature rules need a prior for the "
+                         f"{len(names)} classes of {data} (only the synthetic and RFMiD data sets ship one); "
+                         + how_to_write_prior(key))
+    if isinstance(chosen, Mapping):
+        loaded, source = validate_prior(chosen, source="prior dict"), "the prior dict"
+    else:
+        try:
+            loaded = load_prior(chosen)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc} ({key}); {how_to_write_prior(key)}") from None
+        except PriorError:
+            raise
+        except ValueError as exc:
+            raise PriorError(f"{exc} ({key}); {how_to_write_prior(key)}") from None
+        source = f"prior {os.fspath(chosen)!r}"
+        if prior is None:
+            source += f" (the default of {data}; {key} chooses another)"
+    known = set(loaded["classes"])
+    missing = [c for c in names if c not in known]
+    if missing:
+        shown = missing if len(missing) <= 20 else missing[:20] + [f"... {len(missing) - 20} more"]
+        raise PriorError(f"{source} lacks {len(missing)} of the {len(names)} classes of {data}: {shown} "
+                         f"(it has {len(known)} classes, e.g. {loaded['classes'][:5]}); " + how_to_write_prior(key))
+    if len(names) > 1 and all(len(m) == 1 for k in GROUPING_KEYS for m in loaded[k].values()):
+        import warnings
+
+        warnings.warn(f"{source} groups nothing (every class in a group of its own, as the template "
+                      f"writes it): the region and feature rules give one subset per class; edit its groups",
+                      UserWarning, stacklevel=2)
+    return loaded
+
+
+def template_prior(class_names: Sequence[str], name: str = "my_prior") -> dict[str, Any]:
+    """A valid starting prior for ``class_names``: every class in a ``region`` and a ``feature`` group
+    of its own (so nothing is grouped yet; edit the groups, see the module doc)."""
+    names = [str(c) for c in class_names]
+    if not names:
+        raise ValueError("class_names must name at least one class, got none")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise ValueError(f"class_names must be unique, got {dup} more than once")
+    prior = {
+        "name": name,
+        "description": "TEMPLATE (rskd_loss.priors.template_prior): every class is in a group of its "
+                       "own. Edit 'region' (where each class's sign is seen, e.g. optic_disc, macula, "
+                       "vessels, global as in Ju et al. MICCAI 2021 Table 1) and 'feature' (classes sharing a "
+                       "visible phenotype): move class names into shared groups and delete emptied groups.",
+        "sources": [],
+        "classes": names,
+        "region": {c: [c] for c in names},
+        "feature": {c: [c] for c in names},
+    }
+    return validate_prior(prior, source="template")

@@ -148,3 +148,24 @@ def test_cli(tmp_path, capsys):
     assert "3 written" in capsys.readouterr().out
     with Image.open(tmp_path / "c" / "c.png") as im:
         assert im.size == (20, 20)
+
+
+def test_full_disk_stops_the_cache_with_one_line_and_no_csv(tmp_path, monkeypatch):
+    import errno
+
+    from recipes.data import cache
+    from rskd_loss.fileio import DiskWriteError, disk_write_error
+
+    src, csv_path = _dataset(tmp_path)
+    out = tmp_path / "out"
+    calls = []
+
+    def full(path, data, **kw):
+        calls.append(path)
+        raise disk_write_error(OSError(errno.ENOSPC, "No space left on device"), path)
+
+    monkeypatch.setattr(cache, "atomic_write_bytes", full)
+    with pytest.raises(DiskWriteError, match=r"cannot write .*out/a\.png: disk full \(ENOSPC\)") as info:
+        build_cache(src, csv_path, out, size=16, workers=1, progress=False)
+    assert info.value.errno == errno.ENOSPC and len(calls) == 1  # stopped at the first image
+    assert not (out / "labels.csv").exists()

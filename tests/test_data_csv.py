@@ -15,6 +15,8 @@ from recipes.data.csv_dataset import (
     CSVDataError,
     EmptyClassWarning,
     MultiLabelCSVDataset,
+    detect_label_columns,
+    label_columns_message,
     read_label_csv,
 )
 
@@ -108,8 +110,10 @@ def test_indices_keep_global_row_numbers(tmp_path):
 
 def test_column_selection_and_expected_class_names(tmp_path):
     csv_path = _make(tmp_path, "image,age,A,B\na.png,63,1,0\nb.png,70,0,1\nc.png,55,1,1\n")
-    with pytest.raises(CSVDataError, match=r"line 2, column 'age'.*got '63'.*label_columns="):
-        MultiLabelCSVDataset(csv_path, tmp_path / "img")
+    ds = MultiLabelCSVDataset(csv_path, tmp_path / "img")  # detected: 'age' is not 0/1
+    assert ds.class_names == ("A", "B") and [c.name for c in ds.skipped_columns] == ["age"]
+    with pytest.raises(CSVDataError, match=r"line 2, column 'age'.*got '63'"):
+        MultiLabelCSVDataset(csv_path, tmp_path / "img", class_names=["age", "A"])
     ds = MultiLabelCSVDataset(csv_path, tmp_path / "img", label_columns=["B", "A"])
     assert ds.class_names == ("B", "A")
     np.testing.assert_array_equal(ds.targets[:, 0], [0, 1, 1])
@@ -135,7 +139,10 @@ def test_image_suffix_for_bare_ids(tmp_path):
 def test_bad_label_names_file_line_column(tmp_path, bad):
     csv_path = _make(tmp_path, f"image,A,B,C\na.png,1,0,1\nb.png,0,{bad},1\nc.png,1,1,1\n")
     with pytest.raises(CSVDataError, match=rf"labels\.csv, line 3, column 'B': expected a label 0 or 1, got '{bad}'"):
-        MultiLabelCSVDataset(csv_path, tmp_path / "img")
+        MultiLabelCSVDataset(csv_path, tmp_path / "img", class_names=["A", "B", "C"])
+    # detected: the column is left out, and said so with the same cell
+    ds = MultiLabelCSVDataset(csv_path, tmp_path / "img")
+    assert ds.class_names == ("A", "C") and ds.skipped_columns[0][:4] == ("B", 1, bad, 3)
 
 
 def test_missing_images_are_listed(tmp_path):
@@ -285,3 +292,49 @@ def test_describe_tables_groups_and_figures(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"subsets": [[0, 1], [2, 3]], "num_classes": 5}))
     with pytest.raises(ValueError, match="expected num_classes 4"):
         describe(tmp_path / "l.csv", tmp_path / "out", partition=tmp_path / "bad.json", verbose=False)
+
+
+# A hospital-style export: UTF-8 BOM, class names with spaces, the image column not first, an integer
+# age, a free-text note, a 0/1/2 quality grade, and a label column with one typo.
+EXPORT = ("patient_age,Image file,Diabetic retinopathy, Macular hole ,quality,note,Other finding,Glaucoma\n"
+          "75,a.png,1,0,2,\"left eye, blurred\",0,1\n"
+          "61,b.png,0,1,1,,1,0\n"
+          "8,c.png,1,1,0,ok,x,0\n")
+
+
+def test_label_columns_detected_in_an_export_with_metadata_columns(tmp_path):
+    csv_path = _make(tmp_path, EXPORT, bom=True)
+    taken, skipped = detect_label_columns(csv_path, image_column="Image file")
+    assert taken == ["Diabetic retinopathy", "Macular hole", "Glaucoma"]
+    assert [(c.name, c.first_value, c.first_line, c.bad_cells) for c in skipped] == [
+        ("patient_age", "75", 2, 3), ("quality", "2", 2, 1), ("note", "left eye, blurred", 2, 3),
+        ("Other finding", "x", 4, 1)]
+    ds = MultiLabelCSVDataset(csv_path, tmp_path / "img", image_column="Image file")
+    assert ds.class_names == tuple(taken) and ds.image_ids == ("a.png", "b.png", "c.png")
+    np.testing.assert_array_equal(ds.targets, [[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    msg = ds.label_columns_message
+    assert msg.startswith("labels.csv: took 3 label column(s) (every column of 0/1 values): "
+                          "['Diabetic retinopathy', 'Macular hole', 'Glaucoma']; skipped 4 column(s)")
+    assert "'patient_age' ('75' on line 2, 3 non-0/1 cells)" in msg and "'Other finding' ('x' on line 4)" in msg
+    assert "data.class_names" in msg and "\n" not in msg
+
+
+def test_label_columns_named_explicitly_in_an_export(tmp_path):
+    csv_path = _make(tmp_path, EXPORT, bom=True)
+    t = read_label_csv(csv_path, image_column="Image file", class_names=["Glaucoma", "Macular hole"])
+    assert t.class_names == ("Glaucoma", "Macular hole") and not t.detected and t.skipped_columns == ()
+    np.testing.assert_array_equal(t.targets, [[1, 0], [0, 1], [0, 1]])
+    assert "(as named)" in label_columns_message(t) and "skipped" not in label_columns_message(t)
+    # a named column with a value other than 0/1: file, line, column and value
+    with pytest.raises(CSVDataError, match=r"labels.csv, line 4, column 'Other finding': expected a label "
+                                           r"0 or 1, got 'x' \(the column is named as a label column\)"):
+        read_label_csv(csv_path, image_column="Image file", class_names=["Glaucoma", "Other finding"])
+    with pytest.raises(CSVDataError, match=r"line 2, column 'quality': expected a label 0 or 1, got '2'"):
+        MultiLabelCSVDataset(csv_path, tmp_path / "img", image_column="Image file", class_names=["quality"])
+
+
+def test_no_column_of_0_1_values_is_an_error_listing_the_columns(tmp_path):
+    csv_path = _make(tmp_path, "image,age,grade\na.png,63,2\nb.png,70,0\nc.png,55,1\n")
+    with pytest.raises(CSVDataError, match=r"expected at least one label column holding only 0/1.*got none: "
+                                           r"'age' \('63' on line 2, 3 non-0/1 cells\), 'grade' \('2' on line 2\)"):
+        read_label_csv(csv_path)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from recipes.data.splits import (
+    SplitsMismatchError,
+    default_splits_path,
     load_splits,
     make_splits,
     save_splits,
@@ -83,7 +85,7 @@ def test_save_load_and_refuse_another_csv(tmp_path):
         f"{i}.png,{','.join(map(str, r))}\n" for i, r in enumerate(y)))
     s = make_splits(y, seed=0, scheme="kfold")
     path = save_splits(s, csv_path)
-    assert path == tmp_path / "splits.json"
+    assert path == tmp_path / "splits_labels_kfold4_seed0.json"
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     doc = json.loads(path.read_text())
     assert doc["csv"]["name"] == "labels.csv" and len(doc["csv"]["sha256"]) == 64
@@ -109,11 +111,11 @@ def test_splits_for_csv_makes_then_loads_and_refuses_other_settings(tmp_path):
     csv_path.write_text("image,a,b,c,d,e,f\n" + "".join(
         f"{i}.png,{','.join(map(str, r))}\n" for i, r in enumerate(y)))
     s1 = splits_for_csv(csv_path, scheme="kfold", seed=1)
-    assert (tmp_path / "splits.json").is_file()
+    assert (tmp_path / "splits_labels_kfold4_seed1.json").is_file()
     s2 = splits_for_csv(csv_path, scheme="kfold", seed=1)
     np.testing.assert_array_equal(s1[2].test, s2[2].test)
     with pytest.raises(ValueError, match="holds splits made with"):
-        splits_for_csv(csv_path, scheme="kfold", seed=2)
+        splits_for_csv(csv_path, scheme="kfold", seed=2, path=tmp_path / "splits_labels_kfold4_seed1.json")
     s3 = splits_for_csv(csv_path, scheme="holdout", seed=2, path=tmp_path / "holdout.json")
     assert s3.scheme == "holdout"
 
@@ -140,3 +142,57 @@ def test_bad_targets():
         make_splits(np.eye(3, dtype=np.uint8), scheme="kfold")
     with pytest.raises(ValueError, match="cannot take a fraction"):
         make_splits(np.eye(3, dtype=np.uint8), ratios=(0.7, 0.1, 0.2))
+
+
+def _write_csv(path, y, extra=""):
+    path.write_text("image,a,b,c,d,e,f" + (",age" if extra else "") + "\n" + "".join(
+        f"{i}.png,{','.join(map(str, r))}" + (f",{40 + i % 50}" if extra else "") + "\n"
+        for i, r in enumerate(y)))
+
+
+def test_split_file_is_keyed_by_the_csv_so_two_csvs_share_a_folder(tmp_path):
+    a, b = tmp_path / "odir.csv", tmp_path / "brset export.csv"
+    _write_csv(a, _long_tail(120, seed=0), extra="age")
+    _write_csv(b, _long_tail(150, seed=1))
+    sa = splits_for_csv(a, scheme="holdout", seed=0)
+    sb = splits_for_csv(b, scheme="holdout", seed=0)
+    pa, pb = default_splits_path(a, "holdout", 0), default_splits_path(b, "holdout", 0)
+    assert pa.name == "splits_odir_holdout_seed0.json"
+    assert pb.name.startswith("splits_brset_export-") and pb.name.endswith("_holdout_seed0.json")
+    assert default_splits_path(a, "kfold", 3, n_folds=5).name == "splits_odir_kfold5_seed3.json"
+    assert sa.num_samples == 120 and sb.num_samples == 150
+    # both load again, each from its own file; the age column was not read as a label
+    assert splits_for_csv(a, scheme="holdout", seed=0).num_samples == 120
+    assert splits_for_csv(b, scheme="holdout", seed=0).num_samples == 150
+    assert json.loads(pa.read_text())["label_columns"] == list("abcdef")
+
+
+def test_split_file_stratifies_on_the_named_class_names_only(tmp_path):
+    a = tmp_path / "labels.csv"
+    _write_csv(a, _long_tail(120), extra="age")
+    splits_for_csv(a, scheme="holdout", seed=0, class_names=["a", "b"])
+    assert json.loads(default_splits_path(a).read_text())["label_columns"] == ["a", "b"]
+    from recipes.data.csv_dataset import CSVDataError
+
+    with pytest.raises(CSVDataError, match=r"line 2, column 'age': expected a label 0 or 1, got '40'"):
+        splits_for_csv(a, scheme="holdout", seed=1, class_names=["a", "age"])
+
+
+def test_changed_csv_is_refused_with_the_file_to_delete_and_the_command(tmp_path):
+    a = tmp_path / "labels.csv"
+    _write_csv(a, _long_tail(120))
+    splits_for_csv(a, scheme="kfold", seed=0)
+    path = default_splits_path(a, "kfold", 0)
+    before = path.read_bytes()
+    _write_csv(a, _long_tail(121))  # one more image
+    with pytest.raises(SplitsMismatchError) as info:
+        splits_for_csv(a, scheme="kfold", seed=0)
+    msg = str(info.value)
+    assert f"{a} has changed since the splits were made" in msg
+    assert f"delete {path}" in msg
+    assert f"python -m recipes.data.splits --csv {a} --scheme kfold --seed 0 --n-folds 4 --replace" in msg
+    assert path.read_bytes() == before  # refused, not overwritten
+    from recipes.data.splits import main
+
+    assert main(["--csv", str(a), "--scheme", "kfold", "--seed", "0", "--replace"]) == 0
+    assert splits_for_csv(a, scheme="kfold", seed=0).num_samples == 121

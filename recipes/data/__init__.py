@@ -2,7 +2,7 @@
 
 Submodules: ``csv_dataset`` (the generic :class:`MultiLabelCSVDataset`), ``rfmid`` (RFMiD through
 it), ``synthetic`` (the synthetic long-tailed fundus benchmark), ``cache`` (resize-once cache and
-atomic writes), ``splits`` (stratified ``splits.json``), ``transforms``, ``describe``.
+atomic writes), ``splits`` (stratified ``splits_<csv>_<setting>_seed<k>.json``), ``transforms``, ``describe``.
 
 The names below are re-exported lazily (PEP 562), so ``python -m recipes.data.synthetic`` or
 ``recipes.data.cache`` never import torch, torchvision or matplotlib unless they are used.
@@ -13,7 +13,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "csv_dataset": ("BadImageError", "CSVDataError", "EmptyClassWarning", "LabelTable",
+    "csv_dataset": ("BadImageError", "CSVDataError", "EmptyClassWarning", "LabelTable", "SkippedColumn",
+                    "detect_label_columns", "label_columns_message",
                     "MultiLabelCSVDataset", "load_rgb_image", "read_label_csv", "BadImage", "find_bad_images"),
     "rfmid": ("RFMID_CHALLENGE_CLASSES", "RFMID_CLASSES", "load_rfmid", "load_rfmid_merged",
               "write_rfmid_merged_csv"),

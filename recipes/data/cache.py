@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from rskd_loss.fileio import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
+from rskd_loss.fileio import DiskWriteError, atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 
 __all__ = [
     "atomic_copy",
@@ -171,6 +171,8 @@ def _process(job: _Job) -> tuple[str, str, str]:
             out.save(buf, format="JPEG", quality=job.quality, subsampling=0)
         atomic_write_bytes(dst, buf.getvalue())
         return "written", job.src, ""
+    except DiskWriteError as exc:  # the same for every image: stop the build, say it once
+        return f"unwritable:{exc.errno}", job.src, str(exc)
     except Exception as exc:  # collected and reported together at the end
         return "failed", job.src, f"{type(exc).__name__}: {exc}"
 
@@ -292,6 +294,8 @@ def build_cache(
             report.written += 1
         elif status == "skipped":
             report.skipped += 1
+        elif status.startswith("unwritable:"):
+            raise DiskWriteError(int(status.split(":", 1)[1]), msg, src)
         else:
             report.failed.append((src, msg))
         if progress and (k % step == 0 or k == len(jobs)):
@@ -354,4 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (DiskWriteError, FileNotFoundError, ValueError) as exc:  # one line that says what to fix
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

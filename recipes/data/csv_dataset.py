@@ -13,9 +13,16 @@ Decisions where the brief was silent (each one documented where it applies):
 
 * The file is read as UTF-8; a leading byte-order mark (Excel's "CSV UTF-8") is dropped, and header
   cells are stripped of surrounding spaces (``" DR"`` is the class ``DR``).
-* ``label_columns=None`` takes *every* column after the image column, and each one must hold 0/1.
-  A column with other values (age, a free-text note) is an error that says to pass
-  ``label_columns=``; it is never skipped silently, so a mistyped label cannot hide a class.
+* With neither ``label_columns`` nor ``class_names`` given, the label columns are detected: every
+  column other than the image column whose values are *all* 0 or 1 is a label; every other column
+  (a patient's age, a free-text note, a 0/1/2 quality grade, a label column with one typo) is left
+  out. Nothing is left out silently: :attr:`LabelTable.skipped_columns` lists them with the first
+  offending cell, and :func:`label_columns_message` is the one line the recipes print
+  ("labels: took 16 column(s) ...; skipped 2 ..."). A 0/1 metadata column (sex as 0/1, a left-eye
+  flag) cannot be told from a label: choose the labels explicitly then.
+* Explicit ``class_names`` (the recipes' ``data.class_names``) or ``label_columns`` choose the label
+  columns; every other column is ignored, and a named column with a value other than 0/1 is an error
+  naming the file, CSV line, column and value.
 * A label cell is 0 or 1 after stripping spaces; ``0.0`` / ``1.0`` (what pandas writes for an integer
   column that once held a NaN) are read as 0 / 1. Anything else (``2``, ``-1``, empty, ``x``,
   ``true``) is refused with the file, CSV line (1-based, the header is line 1) and column.
@@ -23,7 +30,7 @@ Decisions where the brief was silent (each one documented where it applies):
 * A class with no positive among the selected rows is common (a tail class of an RFMiD training
   split), so by default it raises an :class:`EmptyClassWarning`; ``empty_classes="error"`` makes it a
   :class:`CSVDataError`, ``"ignore"`` silences it.
-* ``indices`` selects rows (0-based data-row numbers, e.g. one part of ``splits.json``);
+* ``indices`` selects rows (0-based data-row numbers, e.g. one part of a split file);
   ``.targets`` / ``.class_counts`` / ``.image_ids`` describe the selected rows, and ``__getitem__``
   returns the *global* row number as its third element, so a teacher-logit bank computed once over
   the whole CSV can be indexed with it whatever split is being trained.
@@ -48,7 +55,10 @@ __all__ = [
     "BadImageError",
     "EmptyClassWarning",
     "LabelTable",
+    "SkippedColumn",
     "read_label_csv",
+    "detect_label_columns",
+    "label_columns_message",
     "load_rgb_image",
     "MultiLabelCSVDataset",
     "BadImage",
@@ -95,6 +105,19 @@ def _parse_label(cell: str) -> int | None:
     return None
 
 
+class SkippedColumn(NamedTuple):
+    """A column that automatic detection did not take as a label, and why."""
+
+    name: str
+    bad_cells: int      # data rows whose cell is not 0/1
+    first_value: str    # the first such cell, as written
+    first_line: int     # its CSV line (1-based, the header is line 1)
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.first_value!r} on line {self.first_line}" + (
+            f", {self.bad_cells} non-0/1 cells)" if self.bad_cells > 1 else ")")
+
+
 @dataclass(frozen=True)
 class LabelTable:
     """The parsed content of a labels CSV (no image is touched).
@@ -106,6 +129,10 @@ class LabelTable:
         image_ids: one id per data row, as written in the CSV (stripped).
         targets: ``(N, C)`` uint8 array of 0/1 (read-only).
         line_numbers: 1-based CSV line of each data row (the header is line 1).
+        skipped_columns: columns that automatic detection left out (not 0/1), in header order;
+            empty when the label columns were chosen explicitly.
+        detected: ``True`` when the label columns were detected (neither ``label_columns`` nor
+            ``class_names`` given).
     """
 
     path: Path
@@ -114,6 +141,40 @@ class LabelTable:
     image_ids: tuple[str, ...]
     targets: np.ndarray
     line_numbers: tuple[int, ...]
+    skipped_columns: tuple[SkippedColumn, ...] = ()
+    detected: bool = False
+
+
+def label_columns_message(table: LabelTable, limit: int = 20) -> str:
+    """One line saying which columns ``table`` took as labels and which it skipped (for a run's log).
+
+    Example: ``labels.csv: took 3 label column(s) (every column of 0/1 values): ['DR', 'ARMD', 'MH'];
+    skipped 1 column(s) with other values: 'age' ('63' on line 2); set data.class_names to choose
+    the label columns``.
+    """
+    names = list(table.class_names)
+    shown = names if len(names) <= limit else names[:limit] + [f"... {len(names) - limit} more"]
+    how = "every column of 0/1 values" if table.detected else "as named"
+    out = f"{table.path.name}: took {len(names)} label column(s) ({how}): {shown}"
+    if table.skipped_columns:
+        sk = [c.describe() for c in table.skipped_columns]
+        if len(sk) > limit:
+            sk = sk[:limit] + [f"... {len(sk) - limit} more"]
+        out += (f"; skipped {len(table.skipped_columns)} column(s) with other values: {', '.join(sk)}")
+    if table.detected:
+        out += "; set data.class_names (class_names=) to choose the label columns"
+    return out
+
+
+def detect_label_columns(
+    csv_path: str | os.PathLike[str], *, image_column: str | None = None
+) -> tuple[list[str], list[SkippedColumn]]:
+    """``(taken, skipped)``: the columns of ``csv_path`` that hold only 0/1, and the others.
+
+    The image column (default the first) is in neither list. See :func:`read_label_csv`.
+    """
+    table = read_label_csv(csv_path, image_column=image_column)
+    return list(table.class_names), list(table.skipped_columns)
 
 
 def read_label_csv(
@@ -128,15 +189,16 @@ def read_label_csv(
     Args:
         csv_path: the CSV file (UTF-8, optional BOM).
         image_column: the image-id column; default: the first column.
-        label_columns: the label columns, in this order; default: every column but the image column.
+        label_columns: the label columns, in this order; default: detected, every column but the
+            image column whose values are all 0/1 (the others are listed in ``skipped_columns``).
         class_names: the expected classes; each must be a column (a missing one is an error naming
             it) and they become the label columns in this order. If ``label_columns`` is also given
             the two must be equal.
 
     Raises:
         FileNotFoundError: no such CSV.
-        CSVDataError: empty file, duplicated or missing column, no label column, a row of the wrong
-            length, an empty or duplicated image id, a label that is not 0/1.
+        CSVDataError: empty file, duplicated or missing column, no label column (none detected), a
+            row of the wrong length, an empty or duplicated image id, a named label that is not 0/1.
     """
     path = Path(csv_path)
     if not path.is_file():
@@ -174,32 +236,31 @@ def read_label_csv(
             raise ValueError(f"label_columns and class_names must agree when both are given, got "
                              f"label_columns={list(label_columns)} and class_names={wanted}")
         label_columns = wanted
-    if label_columns is None:
-        label_columns = [h for h in header if h != image_column]
-    else:
-        label_columns = list(label_columns)
-        missing = [c for c in label_columns if c not in seen]
+    detected = label_columns is None
+    candidates = [h for h in header if h != image_column] if detected else list(label_columns)
+    if not detected:
+        missing = [c for c in candidates if c not in seen]
         if missing:
             raise CSVDataError(f"{_where(path, 1)}: expected label column(s) {missing}, not found in "
                                f"the header {header}")
-        if image_column in label_columns:
+        if image_column in candidates:
             raise CSVDataError(f"{_where(path, 1, image_column)}: the image column cannot also be a "
                                f"label column")
-        dup = sorted({c for c in label_columns if label_columns.count(c) > 1})
+        dup = sorted({c for c in candidates if candidates.count(c) > 1})
         if dup:
             raise ValueError(f"label columns must be unique, got {dup} more than once")
-    if not label_columns:
+    if not candidates:
         raise CSVDataError(f"{path}: expected at least one label column after the image column "
                            f"{image_column!r}, got the header {header}")
 
     img_pos = seen[image_column]
-    every_column = label_columns == [h for h in header if h != image_column]
-    hint = "; if this is not a label column, pass label_columns= to choose the labels" if every_column else ""
-    pos = [seen[c] for c in label_columns]
+    pos = [seen[c] for c in candidates]
     ids: list[str] = []
     lines: list[int] = []
-    rows: list[list[int]] = []
+    rows: list[list[int | None]] = []
     first_line_of: dict[str, int] = {}
+    # per candidate column: [non-0/1 count, first bad value, its line]
+    bad: list[list[Any]] = [[0, "", 0] for _ in candidates]
     for cells in reader:
         line = reader.line_num
         if not cells or all(not c.strip() for c in cells):
@@ -215,20 +276,35 @@ def read_label_csv(
             raise CSVDataError(f"{_where(path, line, image_column)}: expected unique image ids, got "
                                f"{image_id!r} again (first on line {first_line_of[image_id]})")
         first_line_of[image_id] = line
-        row = []
-        for c, p in zip(label_columns, pos):
+        row: list[int | None] = []
+        for j, (c, p) in enumerate(zip(candidates, pos)):
             v = _parse_label(cells[p])
             if v is None:
-                raise CSVDataError(f"{_where(path, line, c)}: expected a label 0 or 1, got "
-                                   f"{cells[p]!r}{hint}")
+                if not detected:
+                    raise CSVDataError(f"{_where(path, line, c)}: expected a label 0 or 1, got "
+                                       f"{cells[p]!r} (the column is named as a label column)")
+                if bad[j][0] == 0:
+                    bad[j][1], bad[j][2] = cells[p], line
+                bad[j][0] += 1
             row.append(v)
         ids.append(image_id)
         lines.append(line)
         rows.append(row)
-    targets = np.asarray(rows, dtype=np.uint8).reshape(len(rows), len(label_columns))
+    keep = [j for j in range(len(candidates)) if bad[j][0] == 0]
+    skipped = tuple(SkippedColumn(candidates[j], bad[j][0], bad[j][1], bad[j][2])
+                    for j in range(len(candidates)) if bad[j][0])
+    if not keep:
+        listed = ", ".join(c.describe() for c in skipped[:_MAX_LISTED])
+        raise CSVDataError(f"{path}: expected at least one label column holding only 0/1 besides the "
+                           f"image column {image_column!r}, got none: {listed}; name the label columns "
+                           f"with class_names= (data.class_names) to see the first bad cell of each")
+    label_columns = [candidates[j] for j in keep]
+    targets = np.asarray([[r[j] for j in keep] for r in rows], dtype=np.uint8)
+    targets = targets.reshape(len(rows), len(label_columns))
     targets.setflags(write=False)
     return LabelTable(path=path, image_column=image_column, class_names=tuple(label_columns),
-                      image_ids=tuple(ids), targets=targets, line_numbers=tuple(lines))
+                      image_ids=tuple(ids), targets=targets, line_numbers=tuple(lines),
+                      skipped_columns=skipped, detected=detected)
 
 
 def load_rgb_image(path: str | os.PathLike[str]) -> "Any":
@@ -290,7 +366,8 @@ class MultiLabelCSVDataset(Dataset):
         csv_path: the labels CSV.
         image_dir: the folder the image ids are relative to.
         image_column: image-id column; default the first column.
-        label_columns: label columns; default every other column (each must hold 0/1).
+        label_columns: label columns; default: detected (every other column holding only 0/1;
+            the rest are listed in ``skipped_columns``).
         class_names: expected class list (missing column -> error naming it); see
             :func:`read_label_csv`.
         transform: called on the RGB ``PIL.Image``; default ``None`` returns the PIL image.
@@ -351,6 +428,8 @@ class MultiLabelCSVDataset(Dataset):
             raise FileNotFoundError(f"image folder not found: {self.image_dir} (for {table.path})")
         self.image_column = table.image_column
         self.class_names: tuple[str, ...] = table.class_names
+        self.skipped_columns: tuple[SkippedColumn, ...] = table.skipped_columns
+        self.label_columns_message: str = label_columns_message(table)
         self.image_suffix = image_suffix
         self.transform = transform
         n_total = len(table.image_ids)

@@ -19,6 +19,11 @@ prints and writes (PNG via matplotlib's Agg backend, every file written atomical
   next to the whole data set's (the paper's Fig. 4), and how many of those images also hold a label
   outside the subset (the label co-occurrence that teachers trained on subsets do not see).
 
+``python -m recipes.data.describe --csv DIR/labels.csv --write-prior DIR/prior.json`` writes a
+starting prior for the region and feature rules listing the CSV's label columns, each class in a
+group of its own (:func:`rskd_loss.priors.template_prior`; edit the groups, format in
+``rskd_loss/priors.py``); ``--out`` is then optional.
+
 Partition JSON: ``{"subsets": [[class indices], ...], "names": [...], "num_classes": C, ...}``
 (other keys are ignored); subsets must be disjoint, cover every class and ``num_classes`` must match
 the CSV. ``summary.json`` holds every number printed.
@@ -35,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
-from .csv_dataset import read_label_csv
+from .csv_dataset import label_columns_message, read_label_csv
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -155,6 +160,7 @@ def describe(
     label_columns: Sequence[str] | None = None,
     thresholds: tuple[int, int] = DEFAULT_THRESHOLDS,
     verbose: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compute, print and plot the statistics of a labels CSV (see the module doc); returns them."""
     import matplotlib
@@ -162,7 +168,10 @@ def describe(
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns)
+    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns,
+                           class_names=class_names)
+    if verbose:
+        print(label_columns_message(table))
     y, names = table.targets, list(table.class_names)
     counts = y.sum(axis=0).astype(int)
     groups, rule = shot_groups(counts, thresholds)
@@ -253,16 +262,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recipes.data.describe",
                                 description="Statistics and figures of a multi-label labels CSV.")
     p.add_argument("--csv", required=True)
-    p.add_argument("--out", required=True, help="folder for the figures and summary.json")
+    p.add_argument("--out", default=None, help="folder for the figures and summary.json")
+    p.add_argument("--write-prior", default=None, metavar="PRIOR.json",
+                   help="write a starting prior listing the label columns, each in a group of its own "
+                        "(refused if the file exists)")
     p.add_argument("--partition", default=None, help="partition JSON (subsets of class indices)")
     p.add_argument("--image-column", default=None)
+    p.add_argument("--class-names", nargs="+", default=None, metavar="COLUMN",
+                   help="the label columns (default: every column of 0/1 values)")
     p.add_argument("--thresholds", type=int, nargs=2, default=DEFAULT_THRESHOLDS,
                    metavar=("MANY", "FEW"), help="head > MANY, tail < FEW (default 100 20)")
     a = p.parse_args(argv)
-    describe(a.csv, a.out, partition=a.partition, image_column=a.image_column,
-             thresholds=tuple(a.thresholds))
+    if a.out is None and a.write_prior is None:
+        p.error("expected --out (the statistics and figures) or --write-prior (a starting prior), got neither")
+    if a.write_prior is not None:
+        write_template_prior(a.csv, a.write_prior, image_column=a.image_column, class_names=a.class_names)
+    if a.out is not None:
+        describe(a.csv, a.out, partition=a.partition, image_column=a.image_column,
+                 thresholds=tuple(a.thresholds), class_names=a.class_names)
     return 0
 
 
+def write_template_prior(
+    csv_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    image_column: str | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write the starting prior of ``csv_path``'s label columns to ``out`` (refused if it exists).
+
+    The label columns are read as everywhere (detected, or ``class_names``); the prior puts each
+    class in a ``region`` and a ``feature`` group of its own (:func:`rskd_loss.priors.template_prior`),
+    named ``name`` (default the file's stem). Prints which columns it took and what to do next.
+    """
+    from rskd_loss.priors import template_prior
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; expected a new file for the starting prior (delete it or "
+                              f"choose another name)")
+    table = read_label_csv(csv_path, image_column=image_column, class_names=class_names)
+    print(label_columns_message(table))
+    prior = template_prior(table.class_names, name=name or out.stem or "my_prior")
+    atomic_write_text(out, json.dumps(prior, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {out}: {len(table.class_names)} classes, each in a region and a feature group of its own; "
+          f"move classes into shared groups (format: rskd_loss/priors.py), then "
+          f"--set method.partition.prior='{out}'")
+    return out
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    try:
+        raise SystemExit(main())
+    except (ValueError, OSError) as exc:  # CSVDataError, FileExistsError, DiskWriteError: one line
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

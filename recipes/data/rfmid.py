@@ -247,7 +247,7 @@ def load_rfmid_merged(
     """Write the merged CSV (:func:`write_rfmid_merged_csv`) and read it as one data set.
 
     ``out_csv`` is where the normalised CSV goes (e.g. next to the data, or a writable copy when the
-    data folder is read-only); ``splits.json`` for cross-validation is then made next to it.
+    data folder is read-only); the split file for cross-validation is then made next to it.
     """
     path = write_rfmid_merged_csv(root, out_csv, splits=splits, layout=layout, variant=variant,
                                   keep_disease_risk=keep_disease_risk)

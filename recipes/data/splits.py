@@ -1,4 +1,4 @@
-"""Multi-label stratified train / val / test splits, saved next to the data as ``splits.json``.
+"""Multi-label stratified train / val / test splits, saved next to the CSV as one JSON file per CSV and setting.
 
 The paper (Sec. 3.1-3.2) divides each data set "training : validating : testing = 7 : 1 : 2" and
 reports "results ... evaluated on test set based on 4-fold cross-validation". Two schemes:
@@ -27,14 +27,22 @@ that fold's val (else test) part; such moves are recorded in ``Splits.moves``.
 KD weights of Eq. 3 (per-class validation AP) and any threshold are chosen on ``val`` only; ``test`` is
 read once, for the reported numbers.
 
-The JSON file records a fingerprint of the CSV it was made from (SHA-256 of its bytes and its row
-count); :func:`load_splits` refuses a split file made from another CSV.
+The JSON file records a fingerprint of the CSV it was made from (its name, SHA-256 of its bytes and
+its size) and the label columns it was stratified on; :func:`load_splits` refuses a split file made
+from another CSV. Its default name, :func:`default_splits_path`, is keyed by the CSV and the
+setting, ``splits_<csv stem>_<holdout|kfold4>_seed<k>.json`` beside the CSV, so several CSVs (and
+several seeds or schemes) share a folder. A CSV changed after its splits were made is refused with
+the command that replaces them (``python -m recipes.data.splits --csv ... --replace``) or the file to
+delete; runs made with the old splits cannot be resumed on the new ones (their data id changes).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +61,7 @@ __all__ = [
     "load_splits",
     "splits_for_csv",
     "default_splits_path",
+    "SplitsMismatchError",
 ]
 
 SCHEMES = ("holdout", "kfold")
@@ -102,6 +111,10 @@ class Splits:
                 "moves": list(self.moves),
                 "note": "indices are 0-based data rows of the CSV; the test part is never used for "
                         "model selection"}
+
+
+class SplitsMismatchError(ValueError):
+    """A split file made from another CSV (other bytes) than the one it is loaded for."""
 
 
 def _as_targets(targets: Any) -> np.ndarray:
@@ -232,16 +245,48 @@ def csv_fingerprint(csv_path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"name": p.name, "sha256": file_sha256(p), "num_bytes": p.stat().st_size}
 
 
-def default_splits_path(csv_path: str | os.PathLike[str]) -> Path:
-    """``splits.json`` in the CSV's folder."""
-    return Path(csv_path).parent / "splits.json"
+def _setting_tag(scheme: str, n_folds: int) -> str:
+    return "holdout" if scheme == "holdout" else f"kfold{int(n_folds)}"
+
+
+def _csv_key(csv_path: Path) -> str:
+    """A file-name-safe key of the CSV's name: its stem, or the whole name when not ``.csv``.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``; when that changed the
+    name, 6 hex digits of the name's SHA-1 are appended so that ``"a b.csv"`` and ``"a_b.csv"`` differ.
+    """
+    raw = csv_path.stem if csv_path.suffix.lower() == ".csv" else csv_path.name
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+    if safe != raw:
+        safe += "-" + hashlib.sha1(csv_path.name.encode("utf-8")).hexdigest()[:6]
+    return safe
+
+
+def default_splits_path(csv_path: str | os.PathLike[str], scheme: str = "holdout", seed: int = 0,
+                        n_folds: int = 4) -> Path:
+    """The split file of ``csv_path`` and a setting: ``splits_<csv stem>_<tag>_seed<seed>.json`` beside it.
+
+    ``<tag>`` is ``holdout`` or ``kfold<n_folds>``. Example: ``data/odir/labels.csv``, 4-fold, seed 0
+    -> ``data/odir/splits_labels_kfold4_seed0.json``.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    p = Path(csv_path)
+    return p.parent / f"splits_{_csv_key(p)}_{_setting_tag(scheme, n_folds)}_seed{int(seed)}.json"
 
 
 def save_splits(splits: Splits, csv_path: str | os.PathLike[str],
-                path: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``splits`` as JSON (atomically) with the fingerprint of ``csv_path``; returns the path."""
-    out = default_splits_path(csv_path) if path is None else Path(path)
+                path: str | os.PathLike[str] | None = None,
+                label_columns: Sequence[str] | None = None) -> Path:
+    """Write ``splits`` as JSON (atomically) with the fingerprint of ``csv_path``; returns the path.
+
+    ``path`` defaults to :func:`default_splits_path` for the splits' setting; ``label_columns`` (the
+    columns the splits were stratified on) is recorded for the reader.
+    """
+    out = default_splits_path(csv_path, splits.scheme, splits.seed, splits.n_folds) if path is None else Path(path)
     doc = {"format": FORMAT, "csv": csv_fingerprint(csv_path), **splits.to_json_dict()}
+    if label_columns is not None:
+        doc["label_columns"] = list(label_columns)
     atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     return out
 
@@ -261,9 +306,15 @@ def load_splits(path: str | os.PathLike[str], csv_path: str | os.PathLike[str]) 
     want = csv_fingerprint(csv_path)
     have = doc.get("csv", {})
     if have.get("sha256") != want["sha256"]:
-        raise ValueError(f"{path} was made from another CSV: expected the fingerprint of {csv_path} "
-                         f"(sha256 {want['sha256'][:16]}...), got {have.get('name')!r} (sha256 "
-                         f"{str(have.get('sha256'))[:16]}...); make new splits for this CSV")
+        same_name = have.get("name") == want["name"]
+        what = (f"{csv_path} has changed since" if same_name
+                else f"it was made from another CSV, {have.get('name')!r}, not from")
+        raise SplitsMismatchError(
+            f"{path}: expected splits of {csv_path} (sha256 {want['sha256'][:16]}..., "
+            f"{want['num_bytes']} bytes), got splits of {have.get('name')!r} (sha256 "
+            f"{str(have.get('sha256'))[:16]}..., {have.get('num_bytes')} bytes): {what} the splits "
+            f"were made; to make new splits for this CSV, delete {path} (runs made with the old "
+            f"splits cannot be resumed on the new ones)")
     n = int(doc["num_samples"])
     folds = []
     for k, f in enumerate(doc["folds"]):
@@ -287,45 +338,84 @@ def splits_for_csv(
     path: str | os.PathLike[str] | None = None,
     image_column: str | None = None,
     label_columns: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    replace: bool = False,
 ) -> Splits:
     """Load the split file of ``csv_path`` if it exists with these settings, else make and save it.
 
+    ``path`` defaults to :func:`default_splits_path` (keyed by the CSV's name and the setting).
+    The splits are stratified on the label columns that :func:`~recipes.data.csv_dataset.read_label_csv`
+    takes with ``image_column`` / ``label_columns`` / ``class_names`` (default: detected, the columns of
+    0/1 values; metadata columns such as an age are never read as labels).
+
     A split file that exists but was made with other settings is refused (``ValueError``) rather
-    than overwritten; pass another ``path`` to keep both.
+    than overwritten; pass another ``path`` to keep both. One made from other CSV bytes (the CSV
+    changed) is refused with a :class:`SplitsMismatchError` naming the file to delete and the
+    command that replaces it; ``replace=True`` (the command's ``--replace``) makes new splits and
+    writes them over it (atomically).
     """
     from .csv_dataset import read_label_csv
 
-    out = default_splits_path(csv_path) if path is None else Path(path)
+    out = default_splits_path(csv_path, scheme, seed, n_folds) if path is None else Path(path)
     want = {"scheme": scheme, "seed": int(seed), "ratios": list(_check_ratios(ratios)),
             "n_folds": 1 if scheme == "holdout" else int(n_folds)}
-    if out.is_file():
-        s = load_splits(out, csv_path)
+    if out.is_file() and not replace:
+        try:
+            s = load_splits(out, csv_path)
+        except SplitsMismatchError as exc:
+            cmd = ["python", "-m", "recipes.data.splits", "--csv", str(csv_path), "--scheme", scheme,
+                   "--seed", str(int(seed))]
+            if scheme == "kfold":
+                cmd += ["--n-folds", str(int(n_folds))]
+            if tuple(want["ratios"]) != (0.7, 0.1, 0.2):
+                cmd += ["--ratios", *map(str, want["ratios"])]
+            if path is not None:
+                cmd += ["--out", str(out)]
+            if class_names is not None or label_columns is not None:
+                cmd += ["--class-names", *(class_names if class_names is not None else label_columns)]
+            cmd.append("--replace")
+            raise SplitsMismatchError(f"{exc}, or replace it with: {shlex.join(cmd)}") from None
         if s.params() != want:
             raise ValueError(f"{out} holds splits made with {s.params()}, expected {want}; pass "
                              f"path= to write these elsewhere")
         return s
-    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns)
+    table = read_label_csv(csv_path, image_column=image_column, label_columns=label_columns,
+                           class_names=class_names)
     s = make_splits(table.targets, seed=seed, scheme=scheme, ratios=ratios, n_folds=n_folds)
-    save_splits(s, csv_path, out)
+    save_splits(s, csv_path, out, label_columns=table.class_names)
     return s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recipes.data.splits",
-                                description="Write stratified splits.json next to a labels CSV.")
+                                description="Write stratified splits (splits_<csv>_<setting>_seed<k>.json) "
+                                            "next to a labels CSV.")
     p.add_argument("--csv", required=True)
     p.add_argument("--scheme", choices=SCHEMES, default="holdout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-folds", type=int, default=4)
     p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2))
-    p.add_argument("--out", default=None, help="default: splits.json next to the CSV")
+    p.add_argument("--out", default=None,
+                   help="default: splits_<csv stem>_<holdout|kfoldN>_seed<k>.json next to the CSV")
+    p.add_argument("--class-names", nargs="+", default=None, metavar="COLUMN",
+                   help="the label columns (default: every column of 0/1 values)")
+    p.add_argument("--replace", action="store_true",
+                   help="make new splits even if the file exists (e.g. the CSV changed)")
     a = p.parse_args(argv)
     s = splits_for_csv(a.csv, seed=a.seed, scheme=a.scheme, ratios=a.ratios, n_folds=a.n_folds,
-                       path=a.out)
+                       path=a.out, class_names=a.class_names, replace=a.replace)
+    out = a.out or default_splits_path(a.csv, a.scheme, a.seed, a.n_folds)
+    print(f"splits: {out}")
     for k, f in enumerate(s.folds):
         print(f"fold {k}: train {len(f.train)}  val {len(f.val)}  test {len(f.test)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    try:
+        raise SystemExit(main())
+    except (ValueError, OSError) as exc:  # CSVDataError, SplitsMismatchError, DiskWriteError, not found
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

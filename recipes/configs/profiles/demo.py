@@ -36,9 +36,6 @@ schedule = dict(
     plateau_patience=1,           # paper: 5 of 100 epochs; scaled to a run of a few epochs
     min_lr=1e-6,
 )
-method = dict(
-    # region / feature subsets of the synthetic benchmark (rskd_loss/priors/synthetic.json, written
-    # by recipes/data/synthetic.py); the shot rule uses the class counts and ignores the prior
-    partition=dict(prior="synthetic"),
-)
+# method.partition.prior is not set: it follows data.dataset (recipes/config.py DATASET_PRIORS), so the
+# synthetic benchmark gets rskd_loss/priors/synthetic.json and --set data.dataset='csv' asks for yours
 run = dict(device="cpu", amp="none", compile=False, log_every=10)

@@ -27,7 +27,7 @@ schedule = dict(
     min_lr=1e-7,                  # paper Sec. 3.1: "till 1e-7"
 )
 method = dict(
-    partition=dict(prior="synthetic"),
+    # partition.prior follows data.dataset (recipes/config.py DATASET_PRIORS); not set here
     kd=dict(temperature=10.0, delta=0.6),  # paper Sec. 3.1 (delta) and Table 4 (T = 10)
 )
 run = dict(device="cuda", amp="auto", channels_last="auto", compile=False, log_every=50)

@@ -11,4 +11,4 @@ data = dict(
     image_dir=".",                # the merged CSV's image column is relative to data/RFMiD itself
     rfmid_variant="auto",         # full (45 conditions) or challenge (27 + OTHER), from the header
 )
-method = dict(partition=dict(prior="rfmid"))  # rskd_loss/priors/rfmid.json: regions and phenotypes
+# method.partition.prior: "rfmid" (rskd_loss/priors/rfmid.json), the default of data.dataset="rfmid"
