@@ -14,28 +14,36 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recipes.checkpoints import load_checkpoint
-from recipes.config import ConfigError
+from recipes.config import ConfigError, default_prior, needs_prior
 from recipes.distributed import barrier
 from recipes.fold_data import make_dataset
 from recipes.models import build_model
 from recipes.views import View
 from rskd_loss import Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, file_sha256
+from rskd_loss.priors import PriorError, resolve_prior
 from rskd_loss.workflow import build_bank
 
 
 def make_partition(cfg: Mapping, class_counts: Sequence[int], class_names: Sequence[str]) -> Partition:
-    """The partition of ``method.partition`` on this fold's training counts (used by the sweep too)."""
+    """The partition of ``method.partition`` on this fold's training counts (used by the sweep too).
+
+    The region and feature rules read a prior: ``method.partition.prior`` (a shipped name or a JSON
+    file), else the one shipped for ``data.dataset``; a missing prior, or one without some of the
+    data set's classes, is a :class:`ConfigError` that names them and says how to write one.
+    """
     p = cfg["method"]["partition"]
-    kw: dict[str, Any] = {}
-    if p["rule"] == "shot":
-        kw = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
-    elif p["rule"] == "region" or (p["rule"] == "feature" and p["num_subsets"] is None):
-        kw = {"prior": p["prior"]}
-    else:
+    if p["rule"] == "feature" and p["num_subsets"] is not None:
         raise ConfigError("method.partition: the feature rule by embedding clustering needs class "
                           "embeddings; the recipes use the prior's phenotype groups (set method.partition.prior)")
+    kw: dict[str, Any] = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if needs_prior(cfg):
+            try:
+                kw = {"prior": resolve_prior(p["prior"], class_names, default=default_prior(cfg["data"]["dataset"]),
+                                             data=str(Path(cfg["data"]["root"]) / cfg["data"]["csv"]))}
+            except PriorError as exc:
+                raise ConfigError(str(exc)) from None
         part = SubsetPartitioner(p["rule"], **kw).partition(class_counts=class_counts, class_names=class_names)
     for w in caught:
         print(f"partition: {w.message}", file=sys.stderr)
@@ -46,7 +54,7 @@ def check_same_data(ckpt: Path, data: Mapping) -> dict:
     """Load a checkpoint this run builds on (a teacher, OLTR stage 1); refuse one of other data or fold."""
     state = load_checkpoint(ckpt)
     if state.get("data_id") != data["data_id"]:
-        raise ValueError(f"{ckpt} was trained on other data: {state.get('data_id')} (CSV sha256:scheme:split "
+        raise ConfigError(f"{ckpt} was trained on other data: {state.get('data_id')} (CSV sha256:scheme:split "
                          f"seed:fold), this run uses {data['data_id']}; check data.root, data.fold and "
                          f"data.split_seed")
     return state
@@ -63,13 +71,13 @@ def load_teachers(cfg: Mapping, data: Mapping, device: torch.device) -> tuple[Su
     states = [check_same_data(tdir / f"subset{k}" / "best.pt", data) for k in range(part.num_subsets)]
     expected = make_partition(cfg, data["train_counts"], data["class_names"])
     if part.fingerprint() != expected.fingerprint():
-        raise ValueError(f"{pfile} was built for another partition or fold than this run's "
+        raise ConfigError(f"{pfile} was built for another partition or fold than this run's "
                          f"({part.subsets} vs {expected.subsets}); check method.partition and data.fold")
     models, hashes = [], []
     for k, subset in enumerate(part.subsets):
         ckpt, state = tdir / f"subset{k}" / "best.pt", states[k]
         if state.get("class_names") != [data["class_names"][c] for c in subset]:
-            raise ValueError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
+            raise ConfigError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
                              f"{[data['class_names'][c] for c in subset]}")
         m = build_model(state["config"]["model"], len(subset), image_size=cfg["data"]["image_size"])
         m.load_state_dict(state["model"])

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from recipes.augment import BatchAugment
+from recipes.cli import run_command
 from recipes.checkpoints import atomic_write_json, config_differences, load_checkpoint, remove_stale_temporaries
 from recipes.config import ConfigError, load_config
 from recipes.distributed import setup_distributed
 from recipes.fold_data import prepare_data
+from recipes.run_lock import RunLock
 from recipes.tasks import RunContext, make_task
 from recipes.trainer import Trainer
 
@@ -79,13 +81,26 @@ def resume_state(out_dir: Path, cfg: Mapping) -> dict | None:
 
 
 def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
-    """One run of the config's method in ``out_dir``; returns (and writes) its ``result.json``."""
+    """One run of the config's method in ``out_dir``; returns (and writes) its ``result.json``.
+
+    Rank 0 holds the run folder's lock (:class:`recipes.run_lock.RunLock`) for the whole run: a
+    second live process on the folder is refused; a killed owner's lock is taken over, and only then
+    are the partly written files it left removed.
+    """
+    rank, world, device = setup_distributed(cfg["run"]["device"])
+    lock = RunLock(out_dir).acquire() if rank == 0 else None
+    try:
+        return _run(cfg, out_dir, resume, rank, world, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: torch.device) -> dict:
     r = cfg["run"]
-    rank, world, device = setup_distributed(r["device"])
     seed_everything(r["seed"] + rank, r["deterministic"])
     saved = resume_state(out_dir, json.loads(json.dumps(cfg, default=list))) if resume else None
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temporaries(out_dir)
         if stale:
             print(f"removed {len(stale)} partly written file(s) of a killed run: {stale}", file=sys.stderr)
@@ -123,11 +138,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from recipes.data import BadImageError, CSVDataError
-    from recipes.models import ModelError
-
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, CSVDataError, BadImageError, ModelError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # a message that says what to fix, not a traceback
-        sys.exit(2)
+    run_command(main)

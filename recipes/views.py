@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rskd_loss.fileio import atomic_path
+from rskd_loss.fileio import atomic_path, reserve_space
 
 
 class Preloaded(Dataset):
@@ -58,7 +58,8 @@ def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike, skip_ro
         from recipes.data import MultiLabelCSVDataset
         from recipes.data.transforms import uint8_transform
 
-        everything = MultiLabelCSVDataset(base.csv_path, base.image_dir, image_suffix=base.image_suffix,
+        everything = MultiLabelCSVDataset(base.csv_path, base.image_dir, image_column=base.image_column,
+                                          class_names=base.class_names, image_suffix=base.image_suffix,
                                           transform=uint8_transform(size), empty_classes="ignore",
                                           check_images=not skip)
         keep = np.setdiff1d(np.arange(len(everything)), skip)
@@ -67,6 +68,7 @@ def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike, skip_ro
         with atomic_path(cache_file, fsync=True) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                             shape=(len(everything), 3, size, size))
+            reserve_space(tmp)  # a full disk: an error here, not a SIGBUS at a later page write
             out[skip] = 0
             for images, _, rows in loader:
                 out[rows.numpy()] = images.numpy()

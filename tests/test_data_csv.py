@@ -338,3 +338,18 @@ def test_no_column_of_0_1_values_is_an_error_listing_the_columns(tmp_path):
     with pytest.raises(CSVDataError, match=r"expected at least one label column holding only 0/1.*got none: "
                                            r"'age' \('63' on line 2, 3 non-0/1 cells\), 'grade' \('2' on line 2\)"):
         read_label_csv(csv_path)
+
+
+@pytest.mark.parametrize("bad_rows, refused", [(1, True), (2, True), (3, False)])
+def test_a_nearly_0_1_column_is_refused_not_dropped(tmp_path, bad_rows, refused):
+    """200 rows: a column 0/1 in all but <= 1 % of them (2 cells) is a label column with bad values
+    (refused, naming the first cell); at 3 cells (1.5 %) it is metadata, skipped and listed."""
+    rows = [f"{i}.png,{i % 2},{'2' if i < bad_rows else int(i % 3 == 0)}" for i in range(200)]
+    csv_path = _make(tmp_path, "image,A,B\n" + "\n".join(rows) + "\n")
+    if refused:
+        with pytest.raises(CSVDataError, match=r"line 2, column 'B': expected a label 0 or 1, got '2': the column "
+                                               rf"is 0/1 in all but {bad_rows} of 200 rows.*data.class_names"):
+            read_label_csv(csv_path)
+    else:
+        table = read_label_csv(csv_path)
+        assert table.class_names == ("A",) and [c.name for c in table.skipped_columns] == ["B"]

@@ -15,8 +15,9 @@ Decisions where the brief was silent (each one documented where it applies):
   cells are stripped of surrounding spaces (``" DR"`` is the class ``DR``).
 * With neither ``label_columns`` nor ``class_names`` given, the label columns are detected: every
   column other than the image column whose values are *all* 0 or 1 is a label; every other column
-  (a patient's age, a free-text note, a 0/1/2 quality grade, a label column with one typo) is left
-  out. Nothing is left out silently: :attr:`LabelTable.skipped_columns` lists them with the first
+  (a patient's age, a free-text note, a 0/1/2 quality grade) is left out. A column that is 0/1 in
+  all but at most 1 % of its rows looks like a label column with a bad value and is refused, naming
+  the cell, rather than dropped with the whole class. Nothing is left out silently: :attr:`LabelTable.skipped_columns` lists them with the first
   offending cell, and :func:`label_columns_message` is the one line the recipes print
   ("labels: took 16 column(s) ...; skipped 2 ..."). A 0/1 metadata column (sex as 0/1, a left-eye
   flag) cannot be told from a label: choose the labels explicitly then.
@@ -290,6 +291,7 @@ def read_label_csv(
         ids.append(image_id)
         lines.append(line)
         rows.append(row)
+    _refuse_nearly_label_columns(path, candidates, bad, len(rows))
     keep = [j for j in range(len(candidates)) if bad[j][0] == 0]
     skipped = tuple(SkippedColumn(candidates[j], bad[j][0], bad[j][1], bad[j][2])
                     for j in range(len(candidates)) if bad[j][0])
@@ -305,6 +307,21 @@ def read_label_csv(
     return LabelTable(path=path, image_column=image_column, class_names=tuple(label_columns),
                       image_ids=tuple(ids), targets=targets, line_numbers=tuple(lines),
                       skipped_columns=skipped, detected=detected)
+
+
+#: a detected column with at most this share of non-0/1 cells (and at least one) is a label column
+#: with bad values, not metadata: refused rather than dropped (below 100 rows, no column qualifies)
+NEARLY_LABEL_SHARE = 0.01
+
+
+def _refuse_nearly_label_columns(path: Path, candidates: Sequence[str], bad: Sequence[Sequence[Any]],
+                                 num_rows: int) -> None:
+    for name, (count, value, line) in zip(candidates, bad):
+        if 0 < count <= NEARLY_LABEL_SHARE * num_rows:
+            raise CSVDataError(f"{_where(path, line, name)}: expected a label 0 or 1, got {value!r}: the "
+                               f"column is 0/1 in all but {count} of {num_rows} rows, so it looks like a "
+                               f"label column with a bad value; fix the value, or name the label columns "
+                               f"with data.class_names (class_names=) to leave this column out")
 
 
 def load_rgb_image(path: str | os.PathLike[str]) -> "Any":

@@ -1,0 +1,33 @@
+"""How the recipes' command lines end on a user's error: one ``error:`` line and exit status 2.
+
+A user's error is anything the user fixes by changing a config, a file or a folder: a config key, the
+data (CSV, images, splits, label columns), a prior, a model setting, teacher checkpoints of other data,
+a non-finite loss, a folder that another live process holds, or a write that failed (disk full, no
+permission, read-only). Everything else is a bug, and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from recipes.config import ConfigError
+    from recipes.data import BadImageError, CSVDataError
+    from recipes.data.splits import SplitsMismatchError
+    from recipes.models import ModelError
+    from recipes.run_lock import RunLockedError
+    from rskd_loss.fileio import DiskWriteError
+    from rskd_loss.priors import PriorError
+
+    return (ConfigError, FileNotFoundError, CSVDataError, BadImageError, ModelError, FloatingPointError,
+            SplitsMismatchError, PriorError, RunLockedError, DiskWriteError)
+
+
+def run_command(main: Callable[[], Any]) -> Any:
+    """``main()``; a user's error becomes one ``error: ...`` line on stderr and exit status 2."""
+    try:
+        return main()
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
