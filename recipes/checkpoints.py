@@ -63,17 +63,19 @@ _FAULT_COUNTS: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """Fault injection for the reliability tests: ``RSKD_FAULT=NAME:N`` SIGKILLs this process at the
     N-th time (1-based) it passes the point ``NAME`` ("step": before a training step; "save": a
-    checkpoint written to its temporary file, not yet renamed). Without the variable this does nothing."""
+    checkpoint written to its temporary file, not yet renamed); ``RSKD_FAULT=NAME:N:stop`` SIGSTOPs
+    it there instead (alive, holding its run folder, until a SIGCONT). Without the variable this does
+    nothing."""
     spec = os.environ.get("RSKD_FAULT")
     if not spec:
         return
-    target, _, count = spec.partition(":")
+    target, count, *action = spec.split(":")
     if target != name:
         return
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(count):
         sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if action == ["stop"] else signal.SIGKILL)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
