@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
 import os
 import warnings
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import torch
 
 from . import priors as _priors
 from .fileio import atomic_write_text
-from .validation import as_class_counts, as_class_names, as_multi_hot, check_thresholds
+from .validation import as_class_counts, as_class_names, as_multi_hot, check_int, check_thresholds
 
 __all__ = [
     "Partition",
@@ -65,16 +64,6 @@ _DICT_KEYS = _DICT_KEYS_REQUIRED + ("rule", "class_names")
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
-def _as_int(value: object, what: str) -> int:
-    """An integer (Python, numpy or 0-d integer tensor), never a bool or a float."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got bool {value!r}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
-
-
 def _first(items: Sequence[Any], n: int = 10, *, plain: bool = False) -> str:
     """``[a, b, ...]`` of the first ``n`` items (``repr`` of each, or ``str`` with ``plain=True``)."""
     shown = ", ".join(str(x) if plain else repr(x) for x in list(items)[:n])
@@ -157,9 +146,7 @@ class Partition:
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        num_classes = _as_int(self.num_classes, "num_classes")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        num_classes = check_int(self.num_classes, "num_classes", minimum=1)
         if not isinstance(self.rule, str) or self.rule not in PARTITION_RULES:
             raise ValueError(f"rule must be one of {PARTITION_RULES}, got {self.rule!r}")
         class_names = None
@@ -188,7 +175,7 @@ class Partition:
             where = f"subset {k} ({names[k]!r})"
             if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
                 raise TypeError(f"{where} must be a sequence of class indices, got {type(members).__name__}")
-            idx = [_as_int(i, f"class index in {where}") for i in members]
+            idx = [check_int(i, f"class index in {where}") for i in members]
             if not idx:
                 raise ValueError(f"{where} is empty; every subset must hold at least one class")
             for i in idx:
@@ -425,12 +412,12 @@ class Partition:
         """
         if images not in TEACHER_IMAGES:
             raise ValueError(f"images must be one of {TEACHER_IMAGES}, got {images!r}")
-        k = _as_int(k, "k")
+        k = check_int(k, "k")
         if not 0 <= k < self.num_subsets:
             raise ValueError(f"k must be a subset index in [0, {self.num_subsets - 1}], got {k}")
         t = as_multi_hot(targets, "targets", self.num_classes)
         columns = self.subsets[k]
-        seed = _as_int(seed, "seed")
+        seed = check_int(seed, "seed")
         if images == "all":
             idx = np.arange(t.shape[0], dtype=np.int64)
         else:
@@ -580,10 +567,7 @@ class SubsetPartitioner:
                 )
         self.num_subsets = None
         if num_subsets is not None:
-            n = _as_int(num_subsets, "num_subsets")
-            if n < 1:
-                raise ValueError(f"num_subsets must be >= 1, got {n}")
-            self.num_subsets = n
+            self.num_subsets = check_int(num_subsets, "num_subsets", minimum=1)
         if prior is not None:
             self._resolve_prior(prior, "region" if rule == "region" else "feature")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_path, file_sha256
-from .validation import as_class_names
+from .validation import as_class_names, check_int
 
 __all__ = ["SubsetTeachers", "TeacherLogitBank", "file_sha256"]
 
@@ -365,9 +365,7 @@ def _bank_writer(path, num_samples, *, class_names, partition, teacher_hashes=()
     rec = _partition_record(partition)
     if int(partition.num_classes) != len(names):
         raise ValueError(f"partition covers {partition.num_classes} classes, class_names has {len(names)}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    shape = (int(num_samples), len(names))
+    shape = (check_int(num_samples, "num_samples", minimum=1), len(names))
     header = json.dumps({
         "num_samples": shape[0], "num_classes": shape[1], "class_names": list(names), "partition": rec,
         "teacher_hashes": [str(h) for h in teacher_hashes], "dataset": dataset, "metadata": dict(metadata or {}),
