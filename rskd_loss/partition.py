@@ -26,7 +26,6 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,6 +34,7 @@ import torch
 
 from . import priors as _priors
 from .fileio import atomic_write_text
+from .metrics import SHOT_MODES, shot_cuts, shot_groups
 from .validation import as_class_counts, as_class_names, as_multi_hot, check_int, check_thresholds
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 
 RULES = ("shot", "region", "feature")
 PARTITION_RULES = RULES + ("custom",)
-SHOT_MODES = ("fixed", "quantile")
 SHOT_NAMES = ("head", "medium", "tail")
 ON_EMPTY = ("warn", "raise")
 LINKAGES = ("average", "complete", "single")
@@ -435,17 +434,6 @@ class Partition:
 # ----------------------------------------------------------------------------------------------
 # SubsetPartitioner
 # ----------------------------------------------------------------------------------------------
-def _exact_quantile(sorted_values: list[Fraction], num: int, den: int) -> Fraction:
-    """numpy's default ('linear') quantile at p = num/den, computed exactly with rationals."""
-    n = len(sorted_values)
-    pos = Fraction(num * (n - 1), den)
-    lo = math.floor(pos)
-    frac = pos - lo
-    if frac == 0:
-        return sorted_values[lo]
-    return sorted_values[lo] + frac * (sorted_values[lo + 1] - sorted_values[lo])
-
-
 class SubsetPartitioner:
     r"""Divide the classes into relational subsets by one of the paper's three rules (Sec. 2.1).
 
@@ -470,6 +458,8 @@ class SubsetPartitioner:
     quantiles of the counts (numpy's default linear interpolation, computed exactly with
     rationals, so ties always fall into the same group and a count equal to a cut goes to the
     upper group); ``thresholds`` is then unused. With C = 2 it gives head and tail, with C = 1 head.
+    Both modes call :func:`rskd_loss.metrics.shot_groups`, the rule :func:`~rskd_loss.metrics.group_map`
+    reports head / medium / tail mAP by, so a subset teacher and a mAP column hold the same classes.
     A group that comes out empty (e.g. no class below 20) is dropped with a ``UserWarning`` naming
     it (``on_empty="warn"``) or raises ``ValueError`` (``on_empty="raise"``); a partition never holds
     an empty subset.
@@ -663,27 +653,20 @@ class SubsetPartitioner:
 
     # -- rules ----------------------------------------------------------------------------------
     def _shot(self, counts: list[float], names: tuple[str, ...] | None) -> Partition:
+        # the rule itself is rskd_loss.metrics.shot_groups (shared with group_map and the recipes)
         n = len(counts)
-        exact = [Fraction(c) for c in counts]
+        t_head, t_tail = shot_cuts(counts, self.thresholds, mode=self.mode)
+        groups = {g: idx.tolist() for g, idx in shot_groups(counts, self.thresholds, mode=self.mode).items()}
         if self.mode == "fixed":
-            t_head, t_tail = Fraction(self.thresholds[0]), Fraction(self.thresholds[1])
             expected: tuple[str, ...] = SHOT_NAMES
             cuts = f"thresholds={tuple(int(t) if t.is_integer() else t for t in self.thresholds)}"
         else:
-            ordered = sorted(exact)
-            t_head = _exact_quantile(ordered, 2, 3)
-            t_tail = _exact_quantile(ordered, 1, 3)
             expected = SHOT_NAMES if n >= 3 else (("head", "tail") if n == 2 else ("head",))
-            cuts = f"count tertiles t_head={float(t_head):g}, t_tail={float(t_tail):g}"
-        groups = {
-            "head": [i for i, c in enumerate(exact) if c >= t_head],
-            "medium": [i for i, c in enumerate(exact) if t_tail <= c < t_head],
-            "tail": [i for i, c in enumerate(exact) if c < t_tail],
-        }
+            cuts = f"count tertiles t_head={t_head:g}, t_tail={t_tail:g}"
         conditions = {
-            "head": f"count >= {float(t_head):g}",
-            "medium": f"{float(t_tail):g} <= count < {float(t_head):g}",
-            "tail": f"count < {float(t_tail):g}",
+            "head": f"count >= {t_head:g}",
+            "medium": f"{t_tail:g} <= count < {t_head:g}",
+            "tail": f"count < {t_tail:g}",
         }
         for group in expected:
             if groups[group]:

@@ -4,7 +4,7 @@
 benchmark (or reads ``--data``), splits it 7 : 1 : 2 (:func:`recipes.data.splits.make_splits`), trains
 a tiny CNN with plain BCE (ERM) on CPU, and prints the per-class test AP sorted by training count plus
 the head / medium / tail mAP (``sklearn.metrics.average_precision_score``; groups by training count,
-head > 100, tail < 20, as :func:`recipes.data.describe.shot_groups`). Expected: head classes learnt
+head >= 100, tail < 20: :func:`rskd_loss.metrics.shot_groups`, as everywhere in the project). Expected: head classes learnt
 well, tail classes poorly: the gap the paper's methods try to close. The images go through the same
 :class:`~recipes.data.csv_dataset.MultiLabelCSVDataset` as any data set (loaded once into memory).
 """
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rskd_loss.metrics import shot_groups
+
 from .csv_dataset import MultiLabelCSVDataset
-from .describe import shot_groups
 from .splits import make_splits
 from .synthetic import generate_synthetic
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -118,17 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                             for k in range(0, len(te), 256)]).numpy()
     y_te = ds.targets[fold.test]
     train_counts = ds.targets[fold.train].sum(axis=0)
-    groups, rule = shot_groups(train_counts)
+    groups = shot_groups(train_counts)
     ap = np.full(ds.num_classes, np.nan)
     for c in range(ds.num_classes):
         if y_te[:, c].any():
             ap[c] = average_precision_score(y_te[:, c], scores[:, c])
-    group_of = {i: gname for gname, m in groups.items() for i in m}
+    group_of = {int(i): gname for gname, m in groups.items() for i in m}
     print(f"\nper-class test AP (sorted by training count; {train_s:.0f} s of training on CPU):")
     print(f"  {'train':>6s} {'test':>5s}  {'AP':>6s}  group   class")
     for c in np.argsort(-train_counts, kind="stable"):
         print(f"  {train_counts[c]:6d} {int(y_te[:, c].sum()):5d}  {ap[c]:6.3f}  {group_of[c]:6s}  {ds.class_names[c]}")
-    print(f"\ngroups by training count ({rule}):")
+    print("\ngroups by training count (head >= 100, tail < 20):")
     for gname, m in groups.items():
         vals = ap[m][~np.isnan(ap[m])]
         print(f"  {gname:6s} {len(m):2d} classes  mAP {vals.mean() if vals.size else float('nan'):.3f}")
