@@ -40,7 +40,7 @@ from rskd_loss.validation import (
 )
 
 from .bce import bce_elementwise, check_class_weight, check_columns, upcast
-from .reweight import check_beta, check_drw_epoch, check_reweight_mode, register_drw_buffers, switch_drw
+from .reweight import check_beta, check_drw_epoch, check_reweight_mode, drw_active, register_drw_buffers, switch_drw
 
 __all__ = ["ldam_margins", "ldam_loss", "LDAMLoss", "NormedLinear"]
 
@@ -140,12 +140,13 @@ class LDAMLoss(nn.Module):
     [-1, 1] in the official code (``kaidic/LDAM-DRW`` ``cifar_train.py`` builds the model with
     ``use_norm=True`` for LDAM). With a plain ``nn.Linear`` head, s = 30 multiplies unbounded logits.
 
-    DRW: with ``drw_epoch=None`` (default) there is no re-weighting (the official ``train_rule
-    'None'``); with ``drw_epoch=e`` the weights are uniform for epochs < e and
-    :func:`baselines.reweight.class_weights` ``(class_counts, reweight_mode, beta)`` from epoch e
-    on (``train_rule 'DRW'``: e = 160 of 200 epochs, effective number with beta 0.9999); ``e = 0``
-    re-weights from the start. The class weight multiplies the positive and negative entries of its
-    column (see :mod:`baselines.reweight`). Call :meth:`set_epoch` each epoch.
+    DRW (``drw_epoch`` means what it means for :class:`baselines.reweight.ReweightedBCE`; see
+    :func:`baselines.reweight.drw_active`): with ``drw_epoch=None`` (default) there is no
+    re-weighting (the official ``train_rule 'None'``); with ``drw_epoch=e`` the weights are uniform
+    for epochs < e and :func:`baselines.reweight.class_weights` ``(class_counts, reweight_mode,
+    beta)`` from epoch e on (``train_rule 'DRW'``: e = 160 of 200 epochs, effective number with
+    beta 0.9999); ``e = 0`` re-weights from the start. The class weight multiplies the positive and
+    negative entries of its column (see :mod:`baselines.reweight`). Call :meth:`set_epoch` each epoch.
 
     Buffers: ``class_counts``, ``margins``, ``target_weight`` (after DRW starts), ``weight`` (now). They
     are stored in the default dtype (float32, so that ``.to(device)`` works on every backend); the
@@ -156,7 +157,8 @@ class LDAMLoss(nn.Module):
             class with count 0).
         max_m: largest margin >= 0. Default 0.5 (``kaidic/LDAM-DRW`` ``cifar_train.py``).
         s: logit scale > 0. Default 30 (same file).
-        drw_epoch: ``None`` (default, no re-weighting) or the first re-weighted epoch (int >= 0).
+        drw_epoch: ``None`` (default, never re-weighted) or the first re-weighted epoch (int >= 0;
+            ``0`` re-weights from the start); the same meaning as in ``ReweightedBCE``.
         reweight_mode: one of ``"inverse"``, ``"sqrt_inverse"``, ``"effective_number"``. Default
             ``"effective_number"`` (the official DRW).
         beta: effective-number beta in [0, 1). Default 0.9999 (official DRW).
@@ -211,7 +213,7 @@ class LDAMLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Switch the DRW weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
         self.epoch = check_int(epoch, "epoch", minimum=0)
-        switch_drw(self.weight, self.target_weight, self.drw_epoch is not None and self.epoch >= self.drw_epoch)
+        switch_drw(self.weight, self.target_weight, drw_active(self.drw_epoch, self.epoch))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         check_columns(logits, self.num_classes)

@@ -28,7 +28,9 @@ loss (and the effective learning rate) by a constant.
 DRW (Cao et al., NeurIPS 2019; ``kaidic/LDAM-DRW`` ``cifar_train.py``, ``train_rule == 'DRW'``:
 ``idx = epoch // 160``, ``betas = [0, 0.9999]``): uniform weights before ``drw_epoch`` (beta = 0
 gives weight 1 for every class), then the chosen weights. The official run defers at epoch 160 of
-200; here ``drw_epoch`` has no default (``None`` = re-weight from the first epoch).
+200. ``drw_epoch`` means the same in :class:`ReweightedBCE` and :class:`baselines.ldam.LDAMLoss`
+(:func:`drw_active`): the first re-weighted epoch, ``0`` = re-weighted from the start, ``None`` =
+never re-weighted. ``ReweightedBCE`` defaults to ``0`` (plain RW), ``LDAMLoss`` to ``None`` (plain LDAM).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ __all__ = [
     "check_reweight_mode",
     "check_beta",
     "check_drw_epoch",
+    "drw_active",
     "register_drw_buffers",
     "switch_drw",
 ]
@@ -77,6 +80,12 @@ def check_beta(beta: float) -> float:
 def check_drw_epoch(drw_epoch: object) -> int | None:
     """``None`` or an int >= 0 (``TypeError`` / ``ValueError`` otherwise)."""
     return None if drw_epoch is None else check_int(drw_epoch, "drw_epoch", minimum=0)
+
+
+def drw_active(drw_epoch: int | None, epoch: int) -> bool:
+    """Whether the class weights apply at ``epoch`` (0-based): from ``drw_epoch`` on; never when
+    ``drw_epoch`` is ``None``. The one meaning of ``drw_epoch`` for every criterion with DRW."""
+    return drw_epoch is not None and epoch >= drw_epoch
 
 
 def register_drw_buffers(module: nn.Module, class_counts: object, mode: str, beta: float) -> torch.Tensor:
@@ -193,7 +202,7 @@ class ReweightedBCE(nn.Module):
 
     The class weight multiplies both the positive and the negative entries of its column (the DB
     repository's ``ResampleLoss`` ``'inv'``/``'sqrt_inv'``/``'CB'`` ``by_class`` weights; see the
-    module docstring). Call :meth:`set_epoch` at the start of every epoch when ``drw_epoch`` is set.
+    module docstring). Call :meth:`set_epoch` at the start of every epoch when ``drw_epoch > 0``.
 
     Buffers: ``class_counts`` (C,), ``target_weight`` (C,) (the weights after DRW starts), ``weight``
     (C,) (the weights in use now). They are stored in the default dtype (float32, so that
@@ -205,8 +214,10 @@ class ReweightedBCE(nn.Module):
         mode: ``"inverse"`` (default) | ``"sqrt_inverse"`` | ``"effective_number"``; see
             :func:`class_weights`.
         beta: effective-number beta in [0, 1). Default 0.9999 (``kaidic/LDAM-DRW`` ``cifar_train.py``).
-        drw_epoch: ``None`` (default): re-weight from the start. An int e: uniform weights for epochs
-            < e, then the class weights (the official DRW uses e = 160 of 200 epochs).
+        drw_epoch: the first re-weighted epoch (int >= 0; :func:`drw_active`). ``0`` (default):
+            re-weight from the start (RW). An int e > 0: uniform weights for epochs < e, then the
+            class weights (DRW; the official run uses e = 160 of 200 epochs). ``None``: never
+            re-weight (uniform weights, i.e. plain BCE), as ``LDAMLoss(drw_epoch=None)``.
         reduction: ``'mean'`` (default, over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:
@@ -233,7 +244,7 @@ class ReweightedBCE(nn.Module):
         class_counts: object,
         mode: str = "inverse",
         beta: float = 0.9999,
-        drw_epoch: int | None = None,
+        drw_epoch: int | None = 0,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
@@ -250,9 +261,10 @@ class ReweightedBCE(nn.Module):
         return int(self.class_counts.numel())
 
     def set_epoch(self, epoch: int) -> None:
-        """Switch the weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
+        """Switch the weights for ``epoch`` (0-based): uniform before ``drw_epoch`` (always, if it is
+        ``None``), re-weighted from it on."""
         self.epoch = check_int(epoch, "epoch", minimum=0)
-        switch_drw(self.weight, self.target_weight, self.drw_epoch is None or self.epoch >= self.drw_epoch)
+        switch_drw(self.weight, self.target_weight, drw_active(self.drw_epoch, self.epoch))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         check_columns(logits, self.num_classes)
