@@ -256,7 +256,8 @@ def db_loss(
         alpha, beta, mu: rebalanced-weight mapping (>= 0, >= 0, finite).
         kappa, lambda_: bias scale (>= 0) and negative logit scale (> 0).
         focal, gamma, balance_param: focal term switch, its gamma (>= 0) and factor (> 0).
-        legacy_bias: use the official (buggy) bias :math:`\nu/\lambda` (issue #8).
+        legacy_bias: use the official (buggy) bias :math:`\nu/\lambda`
+            (``wutong16/DistributionBalancedLoss`` issue #8).
         reduction: ``'mean'`` (over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:
@@ -307,7 +308,8 @@ class DBLoss(nn.Module):
         alpha, beta, mu, kappa, lambda_, focal, gamma, balance_param: override the preset when not
             ``None`` (see :data:`DB_PRESETS` for the preset values and their config lines).
         legacy_bias: ``False`` (default): bias :math:`-\kappa\log(N/n_k - 1)` as in the paper's
-            Eq. 9; ``True``: the official code's value divided by :math:`\lambda` (issue #8).
+            Eq. 9; ``True``: the official code's value divided by :math:`\lambda`
+            (``wutong16/DistributionBalancedLoss`` issue #8).
         reduction: ``'mean'`` (default, over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:

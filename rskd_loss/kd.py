@@ -78,9 +78,9 @@ def binary_kd_loss(
     student-first :math:`\partial/\partial a = \sigma'(a)(a - b)`, for teacher-first
     :math:`\sigma(a) - \sigma(b)`.
 
-    Defaults (``../shared/DESIGN.md``): ``T = 10`` (the paper's Table 4 picks T = 10), order as
-    printed in Eq. 2, and no :math:`T^2` factor (the paper has none); ``scale_by_t2=True`` multiplies
-    by :math:`T^2` as in Hinton et al. (2015). Inputs in half precision are computed in float32 (as
+    Defaults: ``T = 10`` (the paper's Table 4 picks T = 10), order as printed in Eq. 2, and no
+    :math:`T^2` factor (the paper has none); ``scale_by_t2=True`` multiplies by :math:`T^2` as in
+    Hinton et al. (2015). Inputs in half precision are computed in float32 (as
     autocast does for ``binary_cross_entropy_with_logits``) and the result is float32.
 
     Gradients flow to both arguments; detach the teacher's logits (as

@@ -49,7 +49,7 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
     last epoch for class :math:`i`, both measured on the same validation images. The weight falls
     linearly from 1 (student at ``delta`` times the teacher) to 0 (student equal to the teacher).
 
-    Decisions the paper leaves open (``../shared/DESIGN.md``):
+    Decisions the paper leaves open, and the reason for each:
 
     * Eq. 3 as printed becomes negative once the student beats the teacher; it is clamped to [0, 1],
       as in LFME (Xiang et al., ECCV 2020), which the formula comes from.

@@ -1,4 +1,4 @@
-"""Fault injection on recipes/train.py (issue 6): kills, resume, one process against two, bad data,
+"""Fault injection on recipes/train.py: kills, resume, one process against two, bad data,
 mismatched resumes. Every run is a real subprocess on a tiny synthetic set, CPU, deterministic.
 
 A kill is a real SIGKILL, delivered by the process to itself at a chosen point
