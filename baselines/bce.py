@@ -4,8 +4,8 @@ The "ERM model" row of Table 3 (Ju et al., MICCAI 2021) is a multi-label classif
 plain per-class binary cross-entropy; every other baseline in this package reduces to it when its
 extra terms are switched off (the tests check each of those equivalences).
 
-This module also holds the small private helpers the other baselines share (compute dtype, the
-element-wise BCE, the per-class weight check), so each formula is written once.
+This module also holds the small helpers the other baselines share (:func:`upcast` to the compute
+dtype, the element-wise BCE, the per-class weight and column checks), so each formula is written once.
 """
 from __future__ import annotations
 
@@ -13,28 +13,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rskd_loss.validation import check_logits_targets, check_reduction, reduce_loss, value_checks_enabled
+from rskd_loss.validation import (
+    check_logits_targets,
+    check_reduction,
+    compute_dtype,
+    reduce_loss,
+    value_checks_enabled,
+)
 
-__all__ = ["bce_loss", "MultiLabelBCELoss"]
+__all__ = [
+    "bce_loss",
+    "MultiLabelBCELoss",
+    "upcast",
+    "bce_elementwise",
+    "check_class_weight",
+    "check_columns",
+]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 / bfloat16 inputs are computed in float32 (as autocast does for BCE-with-logits)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _upcast(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """New tensors in the compute dtype (never the caller's tensors modified)."""
-    dtype = _compute_dtype(logits.dtype)
+def upcast(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New tensors in the compute dtype (:func:`rskd_loss.validation.compute_dtype`: float32 for half
+    precision; never the caller's tensors modified)."""
+    dtype = compute_dtype(logits.dtype)
     return logits.to(dtype), targets.to(dtype)
 
 
-def _bce_elementwise(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def bce_elementwise(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     r"""Per-element :math:`-[y \log\sigma(z) + (1-y)\log(1-\sigma(z))]` in the stable softplus form."""
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
-def _check_class_weight(weight: object, num_classes: int, name: str = "weight") -> torch.Tensor:
+def check_class_weight(weight: object, num_classes: int, name: str = "weight") -> torch.Tensor:
     """A (C,) tensor of finite, non-negative per-class weights (the value check reads the tensor, so it
     follows :func:`rskd_loss.validation.value_checks`)."""
     if not isinstance(weight, torch.Tensor):
@@ -49,7 +58,7 @@ def _check_class_weight(weight: object, num_classes: int, name: str = "weight") 
     return weight
 
 
-def _check_columns(logits: object, num_classes: int) -> None:
+def check_columns(logits: object, num_classes: int) -> None:
     """A criterion built from C class counts must get (N, C) logits."""
     if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != num_classes:
         raise ValueError(
@@ -88,8 +97,8 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean
     check_reduction(reduction)
     logits, targets = check_logits_targets(logits, targets)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        z, y = _upcast(logits, targets)
-        loss = _bce_elementwise(z, y)
+        z, y = upcast(logits, targets)
+        loss = bce_elementwise(z, y)
     return reduce_loss(loss, reduction)
 
 

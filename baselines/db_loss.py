@@ -73,14 +73,15 @@ from torch import nn
 
 from rskd_loss.validation import (
     as_class_counts,
+    check_int,
     check_logits_targets,
     check_positive,
     check_reduction,
     reduce_loss,
 )
 
-from .bce import _bce_elementwise, _upcast
-from .focal import _focal_modulator
+from .bce import bce_elementwise, upcast
+from .focal import focal_modulator
 
 __all__ = ["DB_PRESETS", "db_bias", "db_loss", "DBLoss"]
 
@@ -128,18 +129,10 @@ def _resolve_params(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]
     )
 
 
-def _check_num_images(num_images: object) -> int:
-    if isinstance(num_images, bool) or not isinstance(num_images, int):
-        raise TypeError(f"num_images must be an int (training images), got {type(num_images).__name__}")
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    return num_images
-
-
 def _checked_counts(class_counts: object, num_images: object, kappa: float) -> tuple[torch.Tensor, int]:
     """n_k > 0 (r divides by it); n_k <= N; n_k < N when kappa > 0 (log(N/n_k - 1) needs N/n_k > 1)."""
     n = as_class_counts(class_counts, allow_zero=False)
-    total = _check_num_images(num_images)
+    total = check_int(num_images, "num_images", minimum=1)
     over = (n > total).nonzero().flatten().tolist()
     if over:
         raise ValueError(
@@ -192,7 +185,7 @@ def _db_core(
 ) -> torch.Tensor:
     """DB loss from precomputed 1/n_k and bias; inputs already checked."""
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        z, y = _upcast(logits, targets)
+        z, y = upcast(logits, targets)
         inv = inv_freq.to(device=z.device, dtype=z.dtype)
         # 1. rebalanced weight r_ik = (1/n_k) / sum_j y_ij / n_j, w = alpha + sigmoid(beta (r - mu)).
         #    No gradient flows through it (it depends on targets and counts only).
@@ -208,10 +201,10 @@ def _db_core(
         zb = z + bias.to(device=z.device, dtype=z.dtype)  # a new tensor; the caller's logits untouched
         zr = y * zb + (1.0 - y) * (lam * zb)
         wr = y * w + (1.0 - y) * (w / lam)
-        loss = wr * _bce_elementwise(zr, y)
+        loss = wr * bce_elementwise(zr, y)
         # 3. focal term on the regularised logits, no alpha.
         if p["focal"]:
-            loss = p["balance_param"] * _focal_modulator(zr, y, p["gamma"]) * loss
+            loss = p["balance_param"] * focal_modulator(zr, y, p["gamma"]) * loss
     return reduce_loss(loss, reduction)
 
 
@@ -263,7 +256,8 @@ def db_loss(
         alpha, beta, mu: rebalanced-weight mapping (>= 0, >= 0, finite).
         kappa, lambda_: bias scale (>= 0) and negative logit scale (> 0).
         focal, gamma, balance_param: focal term switch, its gamma (>= 0) and factor (> 0).
-        legacy_bias: use the official (buggy) bias :math:`\nu/\lambda` (issue #8).
+        legacy_bias: use the official (buggy) bias :math:`\nu/\lambda`
+            (``wutong16/DistributionBalancedLoss`` issue #8).
         reduction: ``'mean'`` (over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:
@@ -314,7 +308,8 @@ class DBLoss(nn.Module):
         alpha, beta, mu, kappa, lambda_, focal, gamma, balance_param: override the preset when not
             ``None`` (see :data:`DB_PRESETS` for the preset values and their config lines).
         legacy_bias: ``False`` (default): bias :math:`-\kappa\log(N/n_k - 1)` as in the paper's
-            Eq. 9; ``True``: the official code's value divided by :math:`\lambda` (issue #8).
+            Eq. 9; ``True``: the official code's value divided by :math:`\lambda`
+            (``wutong16/DistributionBalancedLoss`` issue #8).
         reduction: ``'mean'`` (default, over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:

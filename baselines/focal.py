@@ -28,9 +28,9 @@ from rskd_loss.validation import (
     reduce_loss,
 )
 
-from .bce import _bce_elementwise, _upcast
+from .bce import bce_elementwise, upcast
 
-__all__ = ["sigmoid_focal_loss", "FocalLoss"]
+__all__ = ["sigmoid_focal_loss", "FocalLoss", "focal_modulator"]
 
 
 def _check_alpha_gamma(alpha: float | None, gamma: float) -> tuple[float | None, float]:
@@ -39,7 +39,7 @@ def _check_alpha_gamma(alpha: float | None, gamma: float) -> tuple[float | None,
     return alpha, check_positive(gamma, "gamma", allow_zero=True)
 
 
-def _focal_modulator(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+def focal_modulator(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
     r""":math:`(1 - p_t)^\gamma` for binary targets, computed as :math:`\exp(\gamma\,\log\sigma(s\,z))`.
 
     With :math:`p = \sigma(z)`: :math:`1 - p_t = 1 - p = \sigma(-z)` for :math:`y = 1` and
@@ -103,8 +103,8 @@ def sigmoid_focal_loss(
     alpha, gamma = _check_alpha_gamma(alpha, gamma)
     logits, targets = check_logits_targets(logits, targets)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        z, y = _upcast(logits, targets)
-        loss = _focal_modulator(z, y, gamma) * _bce_elementwise(z, y)
+        z, y = upcast(logits, targets)
+        loss = focal_modulator(z, y, gamma) * bce_elementwise(z, y)
         if alpha is not None:
             loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
     return reduce_loss(loss, reduction)

@@ -33,14 +33,14 @@ from torch import nn
 from rskd_loss.validation import (
     as_class_counts,
     check_logits_targets,
+    check_int,
     check_positive,
     check_reduction,
     reduce_loss,
 )
 
-from .bce import _bce_elementwise, _check_class_weight, _check_columns, _upcast
-from .reweight import (REWEIGHT_MODES, _check_beta, _check_drw_epoch, _check_epoch, _register_drw_buffers,
-                       _switch_drw)
+from .bce import bce_elementwise, check_class_weight, check_columns, upcast
+from .reweight import check_beta, check_drw_epoch, check_reweight_mode, drw_active, register_drw_buffers, switch_drw
 
 __all__ = ["ldam_margins", "ldam_loss", "LDAMLoss", "NormedLinear"]
 
@@ -116,13 +116,13 @@ def ldam_loss(
     s = _check_scale(s)
     logits, targets = check_logits_targets(logits, targets)
     c = logits.shape[1]
-    margins = _check_class_weight(margins, c, "margins")
+    margins = check_class_weight(margins, c, "margins")
     if weight is not None:
-        weight = _check_class_weight(weight, c, "weight")
+        weight = check_class_weight(weight, c, "weight")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        z, y = _upcast(logits, targets)
+        z, y = upcast(logits, targets)
         m = margins.to(device=z.device, dtype=z.dtype)
-        loss = _bce_elementwise(s * (z - y * m), y)
+        loss = bce_elementwise(s * (z - y * m), y)
         if weight is not None:
             loss = weight.to(device=z.device, dtype=z.dtype) * loss
     return reduce_loss(loss, reduction)
@@ -140,12 +140,13 @@ class LDAMLoss(nn.Module):
     [-1, 1] in the official code (``kaidic/LDAM-DRW`` ``cifar_train.py`` builds the model with
     ``use_norm=True`` for LDAM). With a plain ``nn.Linear`` head, s = 30 multiplies unbounded logits.
 
-    DRW: with ``drw_epoch=None`` (default) there is no re-weighting (the official ``train_rule
-    'None'``); with ``drw_epoch=e`` the weights are uniform for epochs < e and
-    :func:`baselines.reweight.class_weights` ``(class_counts, reweight_mode, beta)`` from epoch e
-    on (``train_rule 'DRW'``: e = 160 of 200 epochs, effective number with beta 0.9999); ``e = 0``
-    re-weights from the start. The class weight multiplies the positive and negative entries of its
-    column (see :mod:`baselines.reweight`). Call :meth:`set_epoch` each epoch.
+    DRW (``drw_epoch`` means what it means for :class:`baselines.reweight.ReweightedBCE`; see
+    :func:`baselines.reweight.drw_active`): with ``drw_epoch=None`` (default) there is no
+    re-weighting (the official ``train_rule 'None'``); with ``drw_epoch=e`` the weights are uniform
+    for epochs < e and :func:`baselines.reweight.class_weights` ``(class_counts, reweight_mode,
+    beta)`` from epoch e on (``train_rule 'DRW'``: e = 160 of 200 epochs, effective number with
+    beta 0.9999); ``e = 0`` re-weights from the start. The class weight multiplies the positive and
+    negative entries of its column (see :mod:`baselines.reweight`). Call :meth:`set_epoch` each epoch.
 
     Buffers: ``class_counts``, ``margins``, ``target_weight`` (after DRW starts), ``weight`` (now). They
     are stored in the default dtype (float32, so that ``.to(device)`` works on every backend); the
@@ -156,7 +157,8 @@ class LDAMLoss(nn.Module):
             class with count 0).
         max_m: largest margin >= 0. Default 0.5 (``kaidic/LDAM-DRW`` ``cifar_train.py``).
         s: logit scale > 0. Default 30 (same file).
-        drw_epoch: ``None`` (default, no re-weighting) or the first re-weighted epoch (int >= 0).
+        drw_epoch: ``None`` (default, never re-weighted) or the first re-weighted epoch (int >= 0;
+            ``0`` re-weights from the start); the same meaning as in ``ReweightedBCE``.
         reweight_mode: one of ``"inverse"``, ``"sqrt_inverse"``, ``"effective_number"``. Default
             ``"effective_number"`` (the official DRW).
         beta: effective-number beta in [0, 1). Default 0.9999 (official DRW).
@@ -193,15 +195,13 @@ class LDAMLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if reweight_mode not in REWEIGHT_MODES:
-            raise ValueError(f"reweight_mode must be one of {REWEIGHT_MODES}, got {reweight_mode!r}")
-        self.reweight_mode = reweight_mode
-        self.beta = _check_beta(beta)
+        self.reweight_mode = check_reweight_mode(reweight_mode, "reweight_mode")
+        self.beta = check_beta(beta)
         self.max_m = check_positive(max_m, "max_m", allow_zero=True)
         self.s = _check_scale(s)
-        self.drw_epoch = _check_drw_epoch(drw_epoch)
+        self.drw_epoch = check_drw_epoch(drw_epoch)
         self.reduction = check_reduction(reduction)
-        counts = _register_drw_buffers(self, class_counts, reweight_mode, self.beta)
+        counts = register_drw_buffers(self, class_counts, reweight_mode, self.beta)
         self.register_buffer("margins", ldam_margins(counts, self.max_m).to(self.class_counts.dtype))
         self.epoch = 0
         self.set_epoch(0)
@@ -212,11 +212,11 @@ class LDAMLoss(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Switch the DRW weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
-        self.epoch = _check_epoch(epoch, "epoch")
-        _switch_drw(self.weight, self.target_weight, self.drw_epoch is not None and self.epoch >= self.drw_epoch)
+        self.epoch = check_int(epoch, "epoch", minimum=0)
+        switch_drw(self.weight, self.target_weight, drw_active(self.drw_epoch, self.epoch))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_columns(logits, self.num_classes)
+        check_columns(logits, self.num_classes)
         return ldam_loss(logits, targets, self.margins, self.s, self.weight, self.reduction)
 
     def extra_repr(self) -> str:
@@ -255,11 +255,8 @@ class NormedLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.out_features = check_int(out_features, "out_features", minimum=1)
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
         self.reset_parameters()
 

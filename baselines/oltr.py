@@ -107,6 +107,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rskd_loss.validation import (
+    check_int,
     check_logits_targets,
     check_positive,
     check_reduction,
@@ -161,20 +162,12 @@ class OLTROutput(NamedTuple):
     features: torch.Tensor
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _as_size(size: object, name: str = "feature_size") -> tuple[int, int]:
     if isinstance(size, (tuple, list)) and len(size) == 2:
-        return _check_int(size[0], f"{name}[0]", 1), _check_int(size[1], f"{name}[1]", 1)
+        return check_int(size[0], f"{name}[0]", minimum=1), check_int(size[1], f"{name}[1]", minimum=1)
     if isinstance(size, (tuple, list)):
         raise ValueError(f"{name} must be an int or an (H, W) pair, got {len(size)} entries: {size!r}")
-    side = _check_int(size, name, 1)
+    side = check_int(size, name, minimum=1)
     return side, side
 
 
@@ -246,8 +239,8 @@ class ModulatedAttention(nn.Module):
 
     def __init__(self, in_channels: int, feature_size: int | tuple[int, int] = 7, reduction: int = 2) -> None:
         super().__init__()
-        self.in_channels = _check_int(in_channels, "in_channels", 1)
-        self.reduction = _check_int(reduction, "reduction", 1)
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        self.reduction = check_int(reduction, "reduction", minimum=1)
         self.inter_channels = in_channels // reduction
         if self.inter_channels < 1:
             raise ValueError(f"in_channels // reduction must be >= 1, got {in_channels} // {reduction} = 0")
@@ -364,9 +357,9 @@ class OLTRHead(nn.Module):
         attention_reduction: int = 2,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_int(in_channels, "in_channels", 1)
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
-        self.feat_dim = _check_int(feat_dim, "feat_dim", 1)
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+        self.feat_dim = check_int(feat_dim, "feat_dim", minimum=1)
         self.feature_size = _as_size(7 if feature_size is None else feature_size)
         for flag, name in ((use_attention, "use_attention"), (use_meta, "use_meta")):
             if not isinstance(flag, bool):
@@ -375,7 +368,7 @@ class OLTRHead(nn.Module):
         self.use_meta = use_meta
         self.scale = check_positive(scale, "scale")
         self.reachability_scale = check_positive(reachability_scale, "reachability_scale")
-        self.attention_reduction = _check_int(attention_reduction, "attention_reduction", 1)
+        self.attention_reduction = check_int(attention_reduction, "attention_reduction", minimum=1)
 
         self.attention = (
             ModulatedAttention(in_channels, self.feature_size, attention_reduction) if use_attention else None
@@ -703,8 +696,8 @@ class OLTRLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
-        self.feat_dim = _check_int(feat_dim, "feat_dim", 1)
+        self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+        self.feat_dim = check_int(feat_dim, "feat_dim", minimum=1)
         self.feature_loss_weight = check_positive(feature_loss_weight, "feature_loss_weight", allow_zero=True)
         self.stage = _check_stage(stage)
         self.margin = check_positive(margin, "margin", allow_zero=True)

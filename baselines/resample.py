@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from rskd_loss.validation import as_multi_hot
+from rskd_loss.validation import as_multi_hot, check_int
 
 __all__ = [
     "DB_NUM_SAMPLES_CLS",
@@ -92,14 +92,6 @@ class ClassAwareDraw(NamedTuple):
 
     indices: np.ndarray
     classes: np.ndarray
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _as_multi_hot(targets: object, name: str = "targets") -> np.ndarray:
@@ -206,11 +198,11 @@ class ClassAwareSampler(Sampler[int]):
         seed: int = 0,
     ) -> None:
         labels = _as_multi_hot(targets)
-        self.num_samples_cls = _check_int(num_samples_cls, "num_samples_cls", 1)
+        self.num_samples_cls = check_int(num_samples_cls, "num_samples_cls", minimum=1)
         self.num_samples = (
-            labels.shape[0] if num_samples is None else _check_int(num_samples, "num_samples", 1)
+            labels.shape[0] if num_samples is None else check_int(num_samples, "num_samples", minimum=1)
         )
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", minimum=0)
         self.epoch = 0
         self.num_images, self.num_classes = labels.shape
         counts = labels.sum(axis=0)
@@ -233,10 +225,10 @@ class ClassAwareSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draw ``__iter__`` yields (call before each epoch, as with DDP)."""
-        self.epoch = _check_int(epoch, "epoch", 0)
+        self.epoch = check_int(epoch, "epoch", minimum=0)
 
     def _draw_total(self, total: int, epoch: int | None) -> ClassAwareDraw:
-        epoch = self.epoch if epoch is None else _check_int(epoch, "epoch", 0)
+        epoch = self.epoch if epoch is None else check_int(epoch, "epoch", minimum=0)
         if self._cache is not None and self._cache[0] == epoch and self._cache[1] == total:
             return self._cache[2]
         result = _class_aware_draw(
@@ -317,8 +309,8 @@ class DistributedClassAwareSampler(Sampler[int]):
                 num_replicas = dist.get_world_size()
             if rank is None:
                 rank = dist.get_rank()
-        self.num_replicas = _check_int(num_replicas, "num_replicas", 1)
-        self.rank = _check_int(rank, "rank", 0)
+        self.num_replicas = check_int(num_replicas, "num_replicas", minimum=1)
+        self.rank = check_int(rank, "rank", minimum=0)
         if self.rank >= self.num_replicas:
             raise ValueError(
                 f"rank must be in [0, {self.num_replicas - 1}] (num_replicas={self.num_replicas}), "

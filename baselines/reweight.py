@@ -28,7 +28,9 @@ loss (and the effective learning rate) by a constant.
 DRW (Cao et al., NeurIPS 2019; ``kaidic/LDAM-DRW`` ``cifar_train.py``, ``train_rule == 'DRW'``:
 ``idx = epoch // 160``, ``betas = [0, 0.9999]``): uniform weights before ``drw_epoch`` (beta = 0
 gives weight 1 for every class), then the chosen weights. The official run defers at epoch 160 of
-200; here ``drw_epoch`` has no default (``None`` = re-weight from the first epoch).
+200. ``drw_epoch`` means the same in :class:`ReweightedBCE` and :class:`baselines.ldam.LDAMLoss`
+(:func:`drw_active`): the first re-weighted epoch, ``0`` = re-weighted from the start, ``None`` =
+never re-weighted. ``ReweightedBCE`` defaults to ``0`` (plain RW), ``LDAMLoss`` to ``None`` (plain LDAM).
 """
 from __future__ import annotations
 
@@ -38,44 +40,57 @@ from torch import nn
 from rskd_loss.validation import (
     as_class_counts,
     check_logits_targets,
+    check_int,
     check_probability,
     check_reduction,
     reduce_loss,
 )
 
-from .bce import _bce_elementwise, _check_class_weight, _check_columns, _upcast
+from .bce import bce_elementwise, check_class_weight, check_columns, upcast
 
-__all__ = ["REWEIGHT_MODES", "class_weights", "reweighted_bce_loss", "ReweightedBCE"]
+__all__ = [
+    "REWEIGHT_MODES",
+    "class_weights",
+    "reweighted_bce_loss",
+    "ReweightedBCE",
+    "check_reweight_mode",
+    "check_beta",
+    "check_drw_epoch",
+    "drw_active",
+    "register_drw_buffers",
+    "switch_drw",
+]
 
 REWEIGHT_MODES = ("inverse", "sqrt_inverse", "effective_number")
 
 
-def _check_mode(mode: object) -> str:
+def check_reweight_mode(mode: object, name: str = "mode") -> str:
+    """Return ``mode`` if it is one of :data:`REWEIGHT_MODES`, else raise ``ValueError``."""
     if mode not in REWEIGHT_MODES:
-        raise ValueError(f"mode must be one of {REWEIGHT_MODES}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {REWEIGHT_MODES}, got {mode!r}")
     return str(mode)
 
 
-def _check_beta(beta: float) -> float:
-    # beta = 0 is allowed (uniform weights, DRW's first stage); beta = 1 would divide 0 by 0.
+def check_beta(beta: float) -> float:
+    """The effective-number ``beta``, in [0, 1): 0 is allowed (uniform weights, DRW's first stage);
+    1 would divide 0 by 0."""
     return check_probability(beta, "beta", low_open=False, high_open=True)
 
 
-def _check_epoch(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+def check_drw_epoch(drw_epoch: object) -> int | None:
+    """``None`` or an int >= 0 (``TypeError`` / ``ValueError`` otherwise)."""
+    return None if drw_epoch is None else check_int(drw_epoch, "drw_epoch", minimum=0)
 
 
-def _check_drw_epoch(drw_epoch: object) -> int | None:
-    return None if drw_epoch is None else _check_epoch(drw_epoch, "drw_epoch")
+def drw_active(drw_epoch: int | None, epoch: int) -> bool:
+    """Whether the class weights apply at ``epoch`` (0-based): from ``drw_epoch`` on; never when
+    ``drw_epoch`` is ``None``. The one meaning of ``drw_epoch`` for every criterion with DRW."""
+    return drw_epoch is not None and epoch >= drw_epoch
 
 
-def _register_drw_buffers(module: nn.Module, class_counts: object, mode: str, beta: float) -> torch.Tensor:
+def register_drw_buffers(module: nn.Module, class_counts: object, mode: str, beta: float) -> torch.Tensor:
     """Register ``class_counts``, ``target_weight`` (:func:`class_weights`) and ``weight`` (all ones until
-    :func:`_switch_drw` turns re-weighting on) on ``module``; returns the checked counts."""
+    :func:`switch_drw` turns re-weighting on) on ``module``; returns the checked counts."""
     counts = as_class_counts(class_counts, allow_zero=False)
     dtype = torch.get_default_dtype()
     module.register_buffer("class_counts", counts.to(dtype))
@@ -84,7 +99,7 @@ def _register_drw_buffers(module: nn.Module, class_counts: object, mode: str, be
     return counts
 
 
-def _switch_drw(weight: torch.Tensor, target_weight: torch.Tensor, active: bool) -> None:
+def switch_drw(weight: torch.Tensor, target_weight: torch.Tensor, active: bool) -> None:
     """Set a DRW weight buffer in place: the class weights when re-weighting is active, else all ones."""
     with torch.no_grad():
         if active:
@@ -127,8 +142,8 @@ def class_weights(class_counts: object, mode: str = "inverse", beta: float = 0.9
         >>> class_weights([1, 3], mode="inverse")  # 1/1 : 1/3, scaled to sum 2
         tensor([1.5000, 0.5000], dtype=torch.float64)
     """
-    mode = _check_mode(mode)
-    beta = _check_beta(beta)
+    mode = check_reweight_mode(mode)
+    beta = check_beta(beta)
     n = as_class_counts(class_counts, allow_zero=False)
     if mode == "inverse":
         w = 1.0 / n
@@ -168,10 +183,10 @@ def reweighted_bce_loss(
     """
     check_reduction(reduction)
     logits, targets = check_logits_targets(logits, targets)
-    weight = _check_class_weight(weight, logits.shape[1])
+    weight = check_class_weight(weight, logits.shape[1])
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        z, y = _upcast(logits, targets)
-        loss = weight.to(device=z.device, dtype=z.dtype) * _bce_elementwise(z, y)
+        z, y = upcast(logits, targets)
+        loss = weight.to(device=z.device, dtype=z.dtype) * bce_elementwise(z, y)
     return reduce_loss(loss, reduction)
 
 
@@ -187,7 +202,7 @@ class ReweightedBCE(nn.Module):
 
     The class weight multiplies both the positive and the negative entries of its column (the DB
     repository's ``ResampleLoss`` ``'inv'``/``'sqrt_inv'``/``'CB'`` ``by_class`` weights; see the
-    module docstring). Call :meth:`set_epoch` at the start of every epoch when ``drw_epoch`` is set.
+    module docstring). Call :meth:`set_epoch` at the start of every epoch when ``drw_epoch > 0``.
 
     Buffers: ``class_counts`` (C,), ``target_weight`` (C,) (the weights after DRW starts), ``weight``
     (C,) (the weights in use now). They are stored in the default dtype (float32, so that
@@ -199,8 +214,10 @@ class ReweightedBCE(nn.Module):
         mode: ``"inverse"`` (default) | ``"sqrt_inverse"`` | ``"effective_number"``; see
             :func:`class_weights`.
         beta: effective-number beta in [0, 1). Default 0.9999 (``kaidic/LDAM-DRW`` ``cifar_train.py``).
-        drw_epoch: ``None`` (default): re-weight from the start. An int e: uniform weights for epochs
-            < e, then the class weights (the official DRW uses e = 160 of 200 epochs).
+        drw_epoch: the first re-weighted epoch (int >= 0; :func:`drw_active`). ``0`` (default):
+            re-weight from the start (RW). An int e > 0: uniform weights for epochs < e, then the
+            class weights (DRW; the official run uses e = 160 of 200 epochs). ``None``: never
+            re-weight (uniform weights, i.e. plain BCE), as ``LDAMLoss(drw_epoch=None)``.
         reduction: ``'mean'`` (default, over all N*C elements) | ``'sum'`` | ``'none'``.
 
     Shape:
@@ -227,15 +244,15 @@ class ReweightedBCE(nn.Module):
         class_counts: object,
         mode: str = "inverse",
         beta: float = 0.9999,
-        drw_epoch: int | None = None,
+        drw_epoch: int | None = 0,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.mode = _check_mode(mode)
-        self.beta = _check_beta(beta)
-        self.drw_epoch = _check_drw_epoch(drw_epoch)
+        self.mode = check_reweight_mode(mode)
+        self.beta = check_beta(beta)
+        self.drw_epoch = check_drw_epoch(drw_epoch)
         self.reduction = check_reduction(reduction)
-        _register_drw_buffers(self, class_counts, self.mode, self.beta)
+        register_drw_buffers(self, class_counts, self.mode, self.beta)
         self.epoch = 0
         self.set_epoch(0)
 
@@ -244,12 +261,13 @@ class ReweightedBCE(nn.Module):
         return int(self.class_counts.numel())
 
     def set_epoch(self, epoch: int) -> None:
-        """Switch the weights for ``epoch`` (0-based): uniform before ``drw_epoch``, then re-weighted."""
-        self.epoch = _check_epoch(epoch, "epoch")
-        _switch_drw(self.weight, self.target_weight, self.drw_epoch is None or self.epoch >= self.drw_epoch)
+        """Switch the weights for ``epoch`` (0-based): uniform before ``drw_epoch`` (always, if it is
+        ``None``), re-weighted from it on."""
+        self.epoch = check_int(epoch, "epoch", minimum=0)
+        switch_drw(self.weight, self.target_weight, drw_active(self.drw_epoch, self.epoch))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_columns(logits, self.num_classes)
+        check_columns(logits, self.num_classes)
         return reweighted_bce_loss(logits, targets, self.weight, self.reduction)
 
     def extra_repr(self) -> str:

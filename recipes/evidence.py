@@ -31,7 +31,7 @@ from scipy import stats
 
 from recipes.table3 import ROWS, run_dir_name, run_group_map, teachers_dir
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
-from rskd_loss.metrics import average_precision_per_class, group_map, shot_groups
+from rskd_loss.metrics import average_precision_per_class, group_map, shot_group_of, shot_groups
 from rskd_loss.partition import RULES, Partition
 
 __all__ = ["write_evidence", "t_interval", "weighted_ap", "bootstrap_group_maps", "GROUPS"]
@@ -78,15 +78,6 @@ def _gvec(ap: np.ndarray, counts: np.ndarray, thresholds: Sequence[float]) -> np
         warnings.simplefilter("ignore")
         m = group_map(ap, counts, tuple(thresholds))
     return np.array([m[g] for g in GROUPS])
-
-
-def _group_of(counts: np.ndarray, thresholds: Sequence[float]) -> list[str]:
-    """Group name of every class (C,) by :func:`shot_groups`."""
-    names = [""] * len(counts)
-    for g, idx in shot_groups(counts, tuple(thresholds)).items():
-        for i in idx:
-            names[int(i)] = g
-    return names
 
 
 def _nanmean(x: Any, axis: int | None = None) -> Any:
@@ -454,7 +445,7 @@ def _pooled_files(sw: _Sweep, rows: Sequence[str], comps: list, folds: Sequence[
                   notes: list[str]) -> tuple[dict[str, str], list[dict], list[dict]]:
     """Sections 2, 3, 6 (the ones grouped by the mean ERM training count): (files, teacher recs, AP-change recs)."""
     counts = np.mean([np.asarray(r["train_class_counts"], np.float64) for r in erm], axis=0)
-    group_of, names = _group_of(counts, thresholds), list(erm[0]["class_names"])
+    group_of, names = shot_group_of(counts, tuple(thresholds)), list(erm[0]["class_names"])
     pooled, ap, secs = pooled_section(sw, rows, comps, folds, seeds, counts, thresholds, n_boot, notes)
     seeds_ok = [s for s in seeds if (baseline, s) in ap]
     files = {"pooled.csv": _csv(pooled), "pooled_counts.csv": _csv([

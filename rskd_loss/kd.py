@@ -12,13 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .validation import (
+    as_class_metric,
+    check_int,
     check_logits_targets,
     check_positive,
     check_same_shape,
+    compute_dtype,
     reduce_loss,
     value_checks_enabled,
 )
-from .weights import KDWeightSchedule, _as_metric
+from .weights import KDWeightSchedule
 
 __all__ = ["binary_kd_loss", "WeightedSubsetKDLoss", "KDLossParts", "KD_ORDERS"]
 
@@ -75,9 +78,9 @@ def binary_kd_loss(
     student-first :math:`\partial/\partial a = \sigma'(a)(a - b)`, for teacher-first
     :math:`\sigma(a) - \sigma(b)`.
 
-    Defaults (``../shared/DESIGN.md``): ``T = 10`` (the paper's Table 4 picks T = 10), order as
-    printed in Eq. 2, and no :math:`T^2` factor (the paper has none); ``scale_by_t2=True`` multiplies
-    by :math:`T^2` as in Hinton et al. (2015). Inputs in half precision are computed in float32 (as
+    Defaults: ``T = 10`` (the paper's Table 4 picks T = 10), order as printed in Eq. 2, and no
+    :math:`T^2` factor (the paper has none); ``scale_by_t2=True`` multiplies by :math:`T^2` as in
+    Hinton et al. (2015). Inputs in half precision are computed in float32 (as
     autocast does for ``binary_cross_entropy_with_logits``) and the result is float32.
 
     Gradients flow to both arguments; detach the teacher's logits (as
@@ -103,12 +106,10 @@ def binary_kd_loss(
     student_logits, teacher_logits, temperature = _check_kd_args(
         student_logits, teacher_logits, temperature, order
     )
-    compute_dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
-    if compute_dtype in (torch.float16, torch.bfloat16):
-        compute_dtype = torch.float32
+    dtype = compute_dtype(torch.promote_types(student_logits.dtype, teacher_logits.dtype))
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        a = student_logits.to(compute_dtype) / temperature
-        b = teacher_logits.to(compute_dtype) / temperature
+        a = student_logits.to(dtype) / temperature
+        b = teacher_logits.to(dtype) / temperature
         if order == "teacher_student":
             a, b = b, a
         loss = torch.sigmoid(a) * (a - b) - F.softplus(a) + F.softplus(b)
@@ -203,8 +204,7 @@ class WeightedSubsetKDLoss(nn.Module):
             raise TypeError(f"soft_targets must be a bool, got {type(soft_targets).__name__}")
         if not callable(base):
             raise TypeError(f"base must be a callable criterion, got {type(base).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
         if order not in KD_ORDERS:
             raise ValueError(f"order must be one of {KD_ORDERS}, got {order!r}")
         self.base = base
@@ -223,7 +223,7 @@ class WeightedSubsetKDLoss(nn.Module):
 
     def set_weights(self, weights: object) -> None:
         """Set the per-class KD weights (C,), each finite and >= 0 (no in-place change of the input)."""
-        w = _as_metric(weights, "weights")
+        w = as_class_metric(weights, "weights")
         if w.numel() != self.num_classes:
             raise ValueError(f"weights must have {self.num_classes} entries (one per class), got {w.numel()}")
         if bool(torch.isnan(w).any()):

@@ -1,7 +1,14 @@
-"""Per-class average precision and head / medium / tail mAP (the paper's Table 3 columns)."""
+"""Per-class average precision and head / medium / tail mAP (the paper's Table 3 columns).
+
+:func:`shot_groups` is the one definition of head / medium / tail in this project: the metrics
+(:func:`group_map`), the shot partition (:class:`rskd_loss.partition.SubsetPartitioner` with
+``rule="shot"``) and the recipes' tables and figures all call it.
+"""
 from __future__ import annotations
 
+import math
 import warnings
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -9,9 +16,19 @@ import torch
 
 from .validation import as_class_counts, check_thresholds
 
-__all__ = ["average_precision_per_class", "mean_average_precision", "shot_groups", "group_map"]
+__all__ = [
+    "average_precision_per_class",
+    "mean_average_precision",
+    "shot_cuts",
+    "shot_groups",
+    "shot_group_of",
+    "group_map",
+    "GROUPS",
+    "SHOT_MODES",
+]
 
 GROUPS = ("head", "medium", "tail")
+SHOT_MODES = ("fixed", "quantile")
 
 
 def _as_2d_float(x: object, name: str) -> np.ndarray:
@@ -79,19 +96,94 @@ def mean_average_precision(ap: object) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
-def shot_groups(class_counts: object, thresholds: Sequence[float] = (100, 20)) -> dict[str, np.ndarray]:
-    """Class indices of the head (>= t0), medium ([t1, t0)) and tail (< t1) groups by training count.
+def _exact_quantile(sorted_values: list[Fraction], num: int, den: int) -> Fraction:
+    """numpy's default ('linear') quantile at p = num/den, computed exactly with rationals."""
+    n = len(sorted_values)
+    pos = Fraction(num * (n - 1), den)
+    lo = math.floor(pos)
+    frac = pos - lo
+    if frac == 0:
+        return sorted_values[lo]
+    return sorted_values[lo] + frac * (sorted_values[lo + 1] - sorted_values[lo])
 
-    Default thresholds (100, 20): the many / medium / few-shot convention of OLTR (Liu et al., 2019)
-    and the Distribution-Balanced loss (Wu et al., 2020).
+
+def _float_at_or_above(q: Fraction) -> float:
+    """The smallest float >= ``q``: for every float count c, ``c >= q`` exactly iff ``c >=`` this float."""
+    f = float(q)  # correctly rounded
+    return math.nextafter(f, math.inf) if Fraction(f) < q else f
+
+
+def shot_cuts(
+    class_counts: object, thresholds: Sequence[float] = (100, 20), *, mode: str = "fixed"
+) -> tuple[float, float]:
+    """The cuts ``(t_head, t_tail)`` that :func:`shot_groups` applies.
+
+    ``mode="fixed"``: ``thresholds`` (checked: positive, finite, ``t_head > t_tail``).
+    ``mode="quantile"``: the 2/3 and 1/3 quantiles of the counts (numpy's default linear
+    interpolation, computed exactly with rationals and returned as the smallest float at or above
+    the exact value, so that comparing a count with the returned cut gives the exact answer: tied
+    counts always fall into one group and a count equal to a cut goes to the upper group);
+    ``thresholds`` is then unused. The quantile cuts may be equal (no medium class).
+    """
+    if mode not in SHOT_MODES:
+        raise ValueError(f"mode must be one of {SHOT_MODES}, got {mode!r}")
+    hi, lo = check_thresholds(thresholds)
+    if mode == "fixed":
+        return hi, lo
+    ordered = sorted(Fraction(c) for c in as_class_counts(class_counts).tolist())
+    return (
+        _float_at_or_above(_exact_quantile(ordered, 2, 3)),
+        _float_at_or_above(_exact_quantile(ordered, 1, 3)),
+    )
+
+
+def shot_groups(
+    class_counts: object, thresholds: Sequence[float] = (100, 20), *, mode: str = "fixed"
+) -> dict[str, np.ndarray]:
+    r"""Class indices of the head, medium and tail groups by TRAINING positives :math:`n_i`.
+
+    .. math::
+
+        \text{head} = \{i : n_i \ge t_h\},\quad
+        \text{medium} = \{i : t_t \le n_i < t_h\},\quad
+        \text{tail} = \{i : n_i < t_t\}
+
+    with ``(t_h, t_t) = thresholds`` (default ``(100, 20)``): a class with exactly 100 positives is
+    head, one with exactly 20 is medium. These are the many / medium / few-shot numbers of OLTR (Liu
+    et al., CVPR 2019) and the head / middle / tail split of the Distribution-Balanced loss (Wu et
+    al., ECCV 2020), whose ``create_longtail_dataset.py`` uses these same boundaries (see
+    :class:`rskd_loss.partition.SubsetPartitioner` for the other repositories' ``<=`` / ``>``
+    variants). ``mode="quantile"`` applies the same rule at the count tertiles (:func:`shot_cuts`).
+
+    A group may be empty; every class is in exactly one group. Each value is a sorted int64 array.
+
+    Example:
+        >>> {g: idx.tolist() for g, idx in shot_groups([100, 99, 20, 19]).items()}
+        {'head': [0], 'medium': [1, 2], 'tail': [3]}
     """
     counts = as_class_counts(class_counts).numpy()
-    hi, lo = check_thresholds(thresholds)
+    hi, lo = shot_cuts(counts, thresholds, mode=mode)
     return {
         "head": np.flatnonzero(counts >= hi),
         "medium": np.flatnonzero((counts >= lo) & (counts < hi)),
         "tail": np.flatnonzero(counts < lo),
     }
+
+
+def shot_group_of(
+    class_counts: object, thresholds: Sequence[float] = (100, 20), *, mode: str = "fixed"
+) -> list[str]:
+    """The group name of every class, by :func:`shot_groups` (the same arguments).
+
+    Example:
+        >>> shot_group_of([100, 99, 20, 19])
+        ['head', 'medium', 'medium', 'tail']
+    """
+    names = [""] * as_class_counts(class_counts).numel()
+    for g, idx in shot_groups(class_counts, thresholds, mode=mode).items():
+        for i in idx.tolist():
+            names[i] = g
+    return names
 
 
 def group_map(

@@ -23,11 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
 import os
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -36,7 +34,8 @@ import torch
 
 from . import priors as _priors
 from .fileio import atomic_write_text
-from .validation import as_class_counts, as_class_names, as_multi_hot, check_thresholds
+from .metrics import SHOT_MODES, shot_cuts, shot_groups
+from .validation import as_class_counts, as_class_names, as_multi_hot, check_int, check_thresholds
 
 __all__ = [
     "Partition",
@@ -53,7 +52,6 @@ __all__ = [
 
 RULES = ("shot", "region", "feature")
 PARTITION_RULES = RULES + ("custom",)
-SHOT_MODES = ("fixed", "quantile")
 SHOT_NAMES = ("head", "medium", "tail")
 ON_EMPTY = ("warn", "raise")
 LINKAGES = ("average", "complete", "single")
@@ -65,16 +63,6 @@ _DICT_KEYS = _DICT_KEYS_REQUIRED + ("rule", "class_names")
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
-def _as_int(value: object, what: str) -> int:
-    """An integer (Python, numpy or 0-d integer tensor), never a bool or a float."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got bool {value!r}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
-
-
 def _first(items: Sequence[Any], n: int = 10, *, plain: bool = False) -> str:
     """``[a, b, ...]`` of the first ``n`` items (``repr`` of each, or ``str`` with ``plain=True``)."""
     shown = ", ".join(str(x) if plain else repr(x) for x in list(items)[:n])
@@ -157,9 +145,7 @@ class Partition:
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        num_classes = _as_int(self.num_classes, "num_classes")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        num_classes = check_int(self.num_classes, "num_classes", minimum=1)
         if not isinstance(self.rule, str) or self.rule not in PARTITION_RULES:
             raise ValueError(f"rule must be one of {PARTITION_RULES}, got {self.rule!r}")
         class_names = None
@@ -188,7 +174,7 @@ class Partition:
             where = f"subset {k} ({names[k]!r})"
             if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
                 raise TypeError(f"{where} must be a sequence of class indices, got {type(members).__name__}")
-            idx = [_as_int(i, f"class index in {where}") for i in members]
+            idx = [check_int(i, f"class index in {where}") for i in members]
             if not idx:
                 raise ValueError(f"{where} is empty; every subset must hold at least one class")
             for i in idx:
@@ -425,12 +411,12 @@ class Partition:
         """
         if images not in TEACHER_IMAGES:
             raise ValueError(f"images must be one of {TEACHER_IMAGES}, got {images!r}")
-        k = _as_int(k, "k")
+        k = check_int(k, "k")
         if not 0 <= k < self.num_subsets:
             raise ValueError(f"k must be a subset index in [0, {self.num_subsets - 1}], got {k}")
         t = as_multi_hot(targets, "targets", self.num_classes)
         columns = self.subsets[k]
-        seed = _as_int(seed, "seed")
+        seed = check_int(seed, "seed")
         if images == "all":
             idx = np.arange(t.shape[0], dtype=np.int64)
         else:
@@ -448,17 +434,6 @@ class Partition:
 # ----------------------------------------------------------------------------------------------
 # SubsetPartitioner
 # ----------------------------------------------------------------------------------------------
-def _exact_quantile(sorted_values: list[Fraction], num: int, den: int) -> Fraction:
-    """numpy's default ('linear') quantile at p = num/den, computed exactly with rationals."""
-    n = len(sorted_values)
-    pos = Fraction(num * (n - 1), den)
-    lo = math.floor(pos)
-    frac = pos - lo
-    if frac == 0:
-        return sorted_values[lo]
-    return sorted_values[lo] + frac * (sorted_values[lo + 1] - sorted_values[lo])
-
-
 class SubsetPartitioner:
     r"""Divide the classes into relational subsets by one of the paper's three rules (Sec. 2.1).
 
@@ -483,6 +458,8 @@ class SubsetPartitioner:
     quantiles of the counts (numpy's default linear interpolation, computed exactly with
     rationals, so ties always fall into the same group and a count equal to a cut goes to the
     upper group); ``thresholds`` is then unused. With C = 2 it gives head and tail, with C = 1 head.
+    Both modes call :func:`rskd_loss.metrics.shot_groups`, the rule :func:`~rskd_loss.metrics.group_map`
+    reports head / medium / tail mAP by, so a subset teacher and a mAP column hold the same classes.
     A group that comes out empty (e.g. no class below 20) is dropped with a ``UserWarning`` naming
     it (``on_empty="warn"``) or raises ``ValueError`` (``on_empty="raise"``); a partition never holds
     an empty subset.
@@ -580,10 +557,7 @@ class SubsetPartitioner:
                 )
         self.num_subsets = None
         if num_subsets is not None:
-            n = _as_int(num_subsets, "num_subsets")
-            if n < 1:
-                raise ValueError(f"num_subsets must be >= 1, got {n}")
-            self.num_subsets = n
+            self.num_subsets = check_int(num_subsets, "num_subsets", minimum=1)
         if prior is not None:
             self._resolve_prior(prior, "region" if rule == "region" else "feature")
 
@@ -679,27 +653,20 @@ class SubsetPartitioner:
 
     # -- rules ----------------------------------------------------------------------------------
     def _shot(self, counts: list[float], names: tuple[str, ...] | None) -> Partition:
+        # the rule itself is rskd_loss.metrics.shot_groups (shared with group_map and the recipes)
         n = len(counts)
-        exact = [Fraction(c) for c in counts]
+        t_head, t_tail = shot_cuts(counts, self.thresholds, mode=self.mode)
+        groups = {g: idx.tolist() for g, idx in shot_groups(counts, self.thresholds, mode=self.mode).items()}
         if self.mode == "fixed":
-            t_head, t_tail = Fraction(self.thresholds[0]), Fraction(self.thresholds[1])
             expected: tuple[str, ...] = SHOT_NAMES
             cuts = f"thresholds={tuple(int(t) if t.is_integer() else t for t in self.thresholds)}"
         else:
-            ordered = sorted(exact)
-            t_head = _exact_quantile(ordered, 2, 3)
-            t_tail = _exact_quantile(ordered, 1, 3)
             expected = SHOT_NAMES if n >= 3 else (("head", "tail") if n == 2 else ("head",))
-            cuts = f"count tertiles t_head={float(t_head):g}, t_tail={float(t_tail):g}"
-        groups = {
-            "head": [i for i, c in enumerate(exact) if c >= t_head],
-            "medium": [i for i, c in enumerate(exact) if t_tail <= c < t_head],
-            "tail": [i for i, c in enumerate(exact) if c < t_tail],
-        }
+            cuts = f"count tertiles t_head={t_head:g}, t_tail={t_tail:g}"
         conditions = {
-            "head": f"count >= {float(t_head):g}",
-            "medium": f"{float(t_tail):g} <= count < {float(t_head):g}",
-            "tail": f"count < {float(t_tail):g}",
+            "head": f"count >= {t_head:g}",
+            "medium": f"{t_tail:g} <= count < {t_head:g}",
+            "tail": f"count < {t_tail:g}",
         }
         for group in expected:
             if groups[group]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_path, file_sha256
-from .validation import as_class_names
+from .validation import as_class_names, check_int
 
 __all__ = ["SubsetTeachers", "TeacherLogitBank", "file_sha256"]
 
@@ -123,7 +123,8 @@ class TeacherLogitBank:
     r"""Teacher logits computed once over a training set, stored as a memory-mapped float16 array.
 
     With the bank, a student step costs what an ERM step costs: no teacher forward per batch (on an
-    H200, ResNet-50 at 256 px, batch 256: 1.00x ERM, against 1.90x with three online teachers; issue 2).
+    H200, ResNet-50 at 256 px, batch 256: 1.00x ERM, against 1.90x with three online teachers, as
+    measured by ``recipes/benchmark.py``, section (b)).
 
     File format (one file, no pickle): ``b"RSKDBANK"``, a uint32 format version, a uint64 header
     length, a UTF-8 JSON header (num_samples, num_classes, class_names, partition subsets / names /
@@ -365,9 +366,7 @@ def _bank_writer(path, num_samples, *, class_names, partition, teacher_hashes=()
     rec = _partition_record(partition)
     if int(partition.num_classes) != len(names):
         raise ValueError(f"partition covers {partition.num_classes} classes, class_names has {len(names)}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    shape = (int(num_samples), len(names))
+    shape = (check_int(num_samples, "num_samples", minimum=1), len(names))
     header = json.dumps({
         "num_samples": shape[0], "num_classes": shape[1], "class_names": list(names), "partition": rec,
         "teacher_hashes": [str(h) for h in teacher_hashes], "dataset": dataset, "metadata": dict(metadata or {}),

@@ -1,4 +1,5 @@
-"""Input checks shared by every criterion in ``rskd_loss`` and ``baselines``.
+"""Input checks (and the reduction and compute-dtype rules) shared by every criterion in ``rskd_loss``
+and ``baselines``.
 
 Every check raises ``TypeError`` (wrong type) or ``ValueError`` (wrong shape or value) with a message
 that names what was expected and what was given, so that a user's mistake never surfaces as a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 from typing import Iterator, Sequence
 
@@ -24,6 +26,7 @@ __all__ = [
     "REDUCTIONS",
     "check_reduction",
     "reduce_loss",
+    "compute_dtype",
     "check_logits_targets",
     "check_same_shape",
     "as_class_counts",
@@ -33,6 +36,8 @@ __all__ = [
     "value_checks_enabled",
     "check_probability",
     "check_positive",
+    "check_int",
+    "as_class_metric",
     "as_class_names",
     "check_thresholds",
 ]
@@ -74,6 +79,12 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss is computed in: float16 / bfloat16 inputs in float32 (as autocast does for
+    ``binary_cross_entropy_with_logits``), every other dtype as it is."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _check_tensor(x: object, name: str) -> torch.Tensor:
@@ -241,6 +252,42 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
     if not (value >= 0 if allow_zero else value > 0) or value != value:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` as a Python int if it is an integer (int, numpy integer, 0-d integer tensor:
+    anything with ``__index__``) and, when ``minimum`` is given, ``>= minimum``.
+
+    ``TypeError`` for a bool, a float or any other non-integer (``"{name} must be an int, got float
+    2.5"``), ``ValueError`` below ``minimum`` (``"{name} must be >= 1, got 0"``).
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def as_class_metric(metric: object, name: str) -> torch.Tensor:
+    """A per-class metric (e.g. AP) as a new 1-D float64 CPU tensor: every entry >= 0 and finite, or NaN
+    (undefined, e.g. a class with no validation positive).
+
+    ``TypeError`` for a non-numeric input, ``ValueError`` for another shape than (C,), an infinite or a
+    negative entry (naming the class).
+    """
+    t = as_float_vector(metric, name)
+    finite_or_nan = torch.isfinite(t) | torch.isnan(t)
+    if not bool(finite_or_nan.all()):
+        i = int((~finite_or_nan).nonzero()[0])
+        raise ValueError(f"{name} must be finite or NaN (undefined), got {t[i].item()} for class {i}")
+    if bool((t < 0).any()):
+        i = int((t < 0).nonzero()[0])
+        raise ValueError(f"{name} must be >= 0 (a per-class metric such as AP), got {t[i].item()} for class {i}")
+    return t
 
 
 def as_class_names(names: Sequence[str], *, name: str = "class_names") -> tuple[str, ...]:

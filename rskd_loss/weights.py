@@ -3,21 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .validation import as_float_vector, check_probability
+from .validation import as_class_metric, check_probability
 
 __all__ = ["KDWeightSchedule", "kd_weights"]
-
-
-def _as_metric(metric: object, name: str) -> torch.Tensor:
-    t = as_float_vector(metric, name)
-    finite_or_nan = torch.isfinite(t) | torch.isnan(t)
-    if not bool(finite_or_nan.all()):
-        i = int((~finite_or_nan).nonzero()[0])
-        raise ValueError(f"{name} must be finite or NaN (undefined), got {t[i].item()} for class {i}")
-    if bool((t < 0).any()):
-        i = int((t < 0).nonzero()[0])
-        raise ValueError(f"{name} must be >= 0 (a per-class metric such as AP), got {t[i].item()} for class {i}")
-    return t
 
 
 def _check_same_scale(s: torch.Tensor, t: torch.Tensor) -> None:
@@ -61,7 +49,7 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
     last epoch for class :math:`i`, both measured on the same validation images. The weight falls
     linearly from 1 (student at ``delta`` times the teacher) to 0 (student equal to the teacher).
 
-    Decisions the paper leaves open (``../shared/DESIGN.md``):
+    Decisions the paper leaves open, and the reason for each:
 
     * Eq. 3 as printed becomes negative once the student beats the teacher; it is clamped to [0, 1],
       as in LFME (Xiang et al., ECCV 2020), which the formula comes from.
@@ -89,8 +77,8 @@ def kd_weights(student_metric: object, teacher_metric: object, delta: float = 0.
         tensor([1., 1., 0., 1.])
     """
     delta = check_probability(delta, "delta")
-    s = _as_metric(student_metric, "student_metric")
-    t = _as_metric(teacher_metric, "teacher_metric")
+    s = as_class_metric(student_metric, "student_metric")
+    t = as_class_metric(teacher_metric, "teacher_metric")
     if s.shape != t.shape:
         raise ValueError(
             f"student_metric and teacher_metric must have one value per class each, got "

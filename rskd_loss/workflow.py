@@ -25,8 +25,7 @@ from .kd import WeightedSubsetKDLoss
 from .metrics import average_precision_per_class
 from .partition import Partition, TeacherView
 from .teachers import SubsetTeachers, TeacherLogitBank
-from .validation import as_multi_hot
-from .weights import _as_metric
+from .validation import as_class_metric, as_multi_hot
 
 __all__ = ["IndexedDataset", "TeacherViewDataset", "teacher_datasets", "build_bank", "teacher_average_precision",
            "KDWeightUpdater", "inputs_and_indices", "inputs_and_targets"]
@@ -263,7 +262,7 @@ class KDWeightUpdater:
         self.calls = 0
 
     def _check(self, metric: object) -> torch.Tensor:
-        t = _as_metric(metric, "teacher_metric")
+        t = as_class_metric(metric, "teacher_metric")
         if t.numel() != self.criterion.num_classes:
             raise ValueError(f"teacher_metric must have {self.criterion.num_classes} entries (one per class), "
                              f"got {t.numel()}")

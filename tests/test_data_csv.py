@@ -261,14 +261,16 @@ def test_transform_and_dataloader(tmp_path):
 
 
 def test_describe_tables_groups_and_figures(tmp_path, capsys):
-    from recipes.data.describe import describe, labels_per_image, shot_groups
+    from recipes.data.describe import describe, labels_per_image
+    from rskd_loss.metrics import shot_group_of
 
     # 6 images: label counts per row 1, 2, 3, 4, 0, 1 -> Table 2 row counts 0:1, 1:2, 2:1, 3:1, 3+:1
     y = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
     assert labels_per_image(y) == {"0": 1, "1": 2, "2": 1, "3": 1, "3+": 1, "sum": 6}
-    # thresholds (100, 20): 150 head, 50 medium, 5 tail; with no head -> tertiles of the sorted counts
-    assert shot_groups([150, 50, 5]) == ({"head": [0], "medium": [1], "tail": [2]}, "thresholds")
-    assert shot_groups([5, 50, 30, 1, 2, 70]) == ({"head": [1, 5], "medium": [0, 2], "tail": [3, 4]}, "tertiles")
+    # describe groups by rskd_loss.metrics (thresholds (100, 20)): 150 head, 50 medium, 5 tail; with no
+    # class >= 100 the head group stays empty (no tertile fallback: the groups of the results)
+    assert shot_group_of([150, 50, 5]) == ["head", "medium", "tail"]
+    assert shot_group_of([5, 50, 30, 1, 2, 70]) == ["tail", "medium", "medium", "tail", "tail", "medium"]
     names = [f"{i}.png" for i in range(6)]
     _write_images(tmp_path / "img", names)
     (tmp_path / "l.csv").write_text("image,A,B,C,D\n" + "".join(
@@ -278,6 +280,7 @@ def test_describe_tables_groups_and_figures(tmp_path, capsys):
     for f in ("class_counts.png", "cooccurrence.png", "subsets.png", "summary.json", "summary.txt"):
         assert (tmp_path / "out" / f).stat().st_size > 0
     assert s["class_counts"] == [4, 4, 2, 1]
+    assert s["groups"] == {"head": [], "medium": [], "tail": ["A", "B", "C", "D"]}  # all < 20, shown as is
     # co-occurrence A&B: rows 1, 2, 3 -> 3; C&D: row 3 -> 1
     assert s["cooccurrence"][0][1] == 3 and s["cooccurrence"][2][3] == 1
     sub = s["partition"]["subsets"]

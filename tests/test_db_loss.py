@@ -175,7 +175,7 @@ def test_image_without_positive_gets_weight_alpha_plus_one() -> None:
     assert torch.isfinite(DBLoss(COUNTS, N_IMG).double()(logits, targets))
 
 
-# ---------------------------------------------------------------- legacy bias (issue #8)
+# ---------------------------------------------------------------- legacy bias (wutong16/DistributionBalancedLoss issue #8)
 
 
 def test_legacy_bias_is_bias_over_lambda() -> None:

@@ -306,7 +306,7 @@ def test_wrapper_errors() -> None:
         crit(logits, targets, teacher, teacher_mask=torch.ones(5))
     with pytest.raises(TypeError, match=r"base must be a callable criterion, got str"):
         WeightedSubsetKDLoss("bce", num_classes=5)
-    with pytest.raises(ValueError, match=r"num_classes must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"num_classes must be >= 1, got 0"):
         WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), num_classes=0)
     with pytest.raises(ValueError, match=r"delta must be in \(0, 1\), got 1.0"):
         WeightedSubsetKDLoss(nn.BCEWithLogitsLoss(), num_classes=5, delta=1.0)

@@ -222,9 +222,9 @@ def test_normed_linear_is_cosine() -> None:
 
 
 def test_normed_linear_bad_input() -> None:
-    with pytest.raises(ValueError, match="in_features must be a positive int"):
+    with pytest.raises(ValueError, match="in_features must be >= 1, got 0"):
         NormedLinear(0, 3)
-    with pytest.raises(ValueError, match="out_features must be a positive int"):
+    with pytest.raises(TypeError, match="out_features must be an int, got float 2.5"):
         NormedLinear(4, 2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"input must have shape \(N, 4\), got \(2, 5\)"):
         NormedLinear(4, 2)(torch.randn(2, 5))

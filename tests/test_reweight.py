@@ -133,6 +133,23 @@ def test_drw_uniform_then_reweighted() -> None:
     torch.testing.assert_close(crit.weight, torch.ones(3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("drw_epoch", [None, 0, 2])
+def test_drw_epoch_means_the_same_in_rw_and_ldam(drw_epoch: int | None) -> None:
+    # None: never re-weighted; e: uniform before epoch e, class weights from e on (0: from the start)
+    from rskd_loss.baselines.ldam import LDAMLoss
+
+    counts = [200, 20, 2]
+    rw = ReweightedBCE(counts, mode="effective_number", drw_epoch=drw_epoch)
+    ldam = LDAMLoss(counts, drw_epoch=drw_epoch, reweight_mode="effective_number")
+    want = class_weights(counts, "effective_number").float()
+    for epoch in range(5):
+        rw.set_epoch(epoch)
+        ldam.set_epoch(epoch)
+        active = drw_epoch is not None and epoch >= drw_epoch
+        torch.testing.assert_close(rw.weight, want if active else torch.ones(3))
+        torch.testing.assert_close(ldam.weight, want if active else torch.ones(3))
+
+
 def test_no_drw_reweights_from_start() -> None:
     crit = ReweightedBCE([50, 5], mode="inverse")
     torch.testing.assert_close(crit.weight, torch.tensor([2 / 11, 20 / 11]))  # 1/50 : 1/5 = 1 : 10, sum 2

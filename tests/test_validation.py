@@ -1,10 +1,20 @@
 """The shared input checks: messages name expected and given values; value checks can be switched off."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from rskd_loss.validation import as_class_counts, as_class_names, check_logits_targets, value_checks, value_checks_enabled
+from rskd_loss.validation import (
+    as_class_counts,
+    as_class_metric,
+    as_class_names,
+    check_int,
+    check_logits_targets,
+    compute_dtype,
+    value_checks,
+    value_checks_enabled,
+)
 
 
 def test_value_checks_switch_restores_state() -> None:
@@ -45,3 +55,32 @@ def test_class_counts_and_names_errors() -> None:
         as_class_counts("many")
     with pytest.raises(ValueError, match=r"class_names must be unique, got 'DR' at positions 0 and 2"):
         as_class_names(["DR", "MH", "DR"])
+
+
+def test_check_int() -> None:
+    assert check_int(3, "k") == 3
+    for v in (np.int64(4), torch.tensor(4)):  # numpy integers and 0-d integer tensors are ints too
+        out = check_int(v, "k", minimum=4)
+        assert out == 4 and type(out) is int
+    assert check_int(-7, "seed") == -7  # no minimum: any int
+    with pytest.raises(TypeError, match=r"k must be an int, got bool True"):
+        check_int(True, "k")
+    with pytest.raises(TypeError, match=r"k must be an int, got float 2.0"):
+        check_int(2.0, "k")
+    with pytest.raises(TypeError, match=r"k must be an int, got str '2'"):
+        check_int("2", "k")
+    with pytest.raises(ValueError, match=r"num_classes must be >= 1, got 0"):
+        check_int(0, "num_classes", minimum=1)
+    with pytest.raises(ValueError, match=r"epoch must be >= 0, got -1"):
+        check_int(-1, "epoch", minimum=0)
+
+
+def test_as_class_metric_and_compute_dtype() -> None:
+    t = as_class_metric([0.5, float("nan"), 0.0], "ap")
+    assert t.dtype == torch.float64 and torch.isnan(t[1]) and t[0] == 0.5
+    with pytest.raises(ValueError, match=r"ap must be finite or NaN \(undefined\), got inf for class 1"):
+        as_class_metric([0.5, float("inf")], "ap")
+    with pytest.raises(ValueError, match=r"ap must be >= 0 .*got -0.5 for class 0"):
+        as_class_metric([-0.5], "ap")
+    assert compute_dtype(torch.float16) == torch.float32 and compute_dtype(torch.bfloat16) == torch.float32
+    assert compute_dtype(torch.float64) == torch.float64 and compute_dtype(torch.float32) == torch.float32

@@ -1,11 +1,12 @@
 """Data layer of the recipes: one path (a folder of images + a labels CSV) for every data set.
 
 Submodules: ``csv_dataset`` (the generic :class:`MultiLabelCSVDataset`), ``rfmid`` (RFMiD through
-it), ``synthetic`` (the synthetic long-tailed fundus benchmark), ``cache`` (resize-once cache and
-atomic writes), ``splits`` (stratified ``splits_<csv>_<setting>_seed<k>.json``), ``transforms``, ``describe``.
+it), ``synthetic`` (the synthetic long-tailed fundus benchmark), ``cache`` (resize-once image
+cache), ``splits`` (stratified ``splits_<csv>_<setting>_seed<k>.json``), ``transforms``, ``describe``.
 
 The names below are re-exported lazily (PEP 562), so ``python -m recipes.data.synthetic`` or
-``recipes.data.cache`` never import torch, torchvision or matplotlib unless they are used.
+``recipes.data.cache`` never import torchvision or matplotlib unless they are used (torch comes in
+with ``rskd_loss``, whose file writers they use).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Resize-once image cache, and the atomic file writes every data tool uses.
+"""Resize-once image cache (file writes through :mod:`rskd_loss.fileio`'s atomic writers, plus
+:func:`atomic_copy`).
 
 Fundus photographs come at 2-4k pixels with a wide black border around the circular field; decoding
 and resizing them every epoch costs more than the network. ``build_cache`` does it once::
@@ -13,8 +14,8 @@ DIR2)`` exactly as the source was.
 
 * Idempotent: an output that is newer than its source and was written with the same settings
   (``cache_meta.json``) is skipped; changed settings rebuild every file.
-* Atomic: every file is written to a temporary file in the same folder, then ``os.replace``-d, so an
-  interrupted run never leaves a half-written image or CSV.
+* Atomic: every file is written to a temporary file in the same folder, then ``os.replace``-d
+  (:mod:`rskd_loss.fileio`), so an interrupted run never leaves a half-written image or CSV.
 * Border crop: the field is the set of pixels whose grey level (PIL ``"L"``, ITU-R 601-2 luma) is
   above ``threshold`` (default 7, the tolerance of the widely copied "Ben's cropping" function
   ``crop_image_from_gray(img, tol=7)`` of the Kaggle APTOS 2019 kernels); a row/column counts as
@@ -65,7 +66,7 @@ CACHE_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------
-# atomic writes
+# atomic copy (the other atomic writes are rskd_loss.fileio's)
 # --------------------------------------------------------------------------------------------
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Copy a file byte for byte, atomically."""

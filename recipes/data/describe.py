@@ -7,11 +7,14 @@ prints and writes (PNG via matplotlib's Agg backend, every file written atomical
   (the paper's Fig. 1);
 * the labels-per-image table (Table 2: images with 1, 2, 3 and more than 3 labels; images with no
   label are counted separately as ``0``);
-* head / medium / tail membership: head = more than ``thresholds[0]`` (100) positives, tail = fewer
-  than ``thresholds[1]`` (20), medium between (the many / medium / few-shot split of Liu et al.,
-  OLTR, CVPR 2019, which the paper's Table 3 groups follow; also ``SubsetPartitioner(rule="shot",
-  thresholds=(100, 20))``'s default). When one of the three groups would be empty (a small data
-  set), the classes sorted by count are cut into tertiles instead, and the summary says so;
+* head / medium / tail membership by :func:`rskd_loss.metrics.shot_groups`, the one rule of the
+  project: head = at least ``thresholds[0]`` (100) positives, tail = fewer than ``thresholds[1]``
+  (20), medium between (a class with exactly 100 is head, one with exactly 20 medium; the
+  many / medium / few-shot numbers of OLTR, Liu et al., CVPR 2019). The same function groups the
+  classes of Table 3's mAP columns (:func:`rskd_loss.metrics.group_map`) and of the shot teachers
+  (``SubsetPartitioner(rule="shot")``). A group with no class (a small data set) is shown empty:
+  there is no fallback here, because a display grouping that differs from the one the results are
+  reported by would misdescribe them;
 * ``cooccurrence.png``: the class co-occurrence matrix (images holding both labels; the diagonal is
   the class count), classes sorted by count;
 * with ``--partition``: ``subsets.png``, one panel per subset with its classes' counts among the
@@ -40,11 +43,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
+from rskd_loss.metrics import GROUPS, shot_group_of
 from .csv_dataset import label_columns_message, read_label_csv
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
-    "shot_groups",
     "labels_per_image",
     "cooccurrence_matrix",
     "load_partition_json",
@@ -54,31 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLDS = (100, 20)
-GROUPS = ("head", "medium", "tail")
 _COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
-
-
-def shot_groups(counts: Sequence[int] | np.ndarray,
-                thresholds: tuple[int, int] = DEFAULT_THRESHOLDS) -> tuple[dict[str, list[int]], str]:
-    """Head / medium / tail class indices and the rule used (``"thresholds"`` or ``"tertiles"``).
-
-    head: count > ``thresholds[0]``; tail: count < ``thresholds[1]``; medium: the rest. If a group
-    is empty, tertiles of the classes sorted by count (head gets the extra class first).
-    """
-    c = np.asarray(counts)
-    if c.ndim != 1 or c.size == 0:
-        raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {c.shape}")
-    hi, lo = thresholds
-    if not hi >= lo >= 0:
-        raise ValueError(f"thresholds must be (many, few) with many >= few >= 0, got {thresholds}")
-    groups = {"head": np.flatnonzero(c > hi).tolist(),
-              "medium": np.flatnonzero((c <= hi) & (c >= lo)).tolist(),
-              "tail": np.flatnonzero(c < lo).tolist()}
-    if all(groups.values()) or c.size < 3:
-        return groups, "thresholds"
-    order = np.argsort(-c, kind="stable")
-    cuts = np.array_split(order, 3)
-    return {g: sorted(int(i) for i in part) for g, part in zip(GROUPS, cuts)}, "tertiles"
 
 
 def labels_per_image(targets: np.ndarray) -> dict[str, int]:
@@ -158,7 +137,7 @@ def describe(
     partition: str | os.PathLike[str] | None = None,
     image_column: str | None = None,
     label_columns: Sequence[str] | None = None,
-    thresholds: tuple[int, int] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     verbose: bool = True,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -174,8 +153,8 @@ def describe(
         print(label_columns_message(table))
     y, names = table.targets, list(table.class_names)
     counts = y.sum(axis=0).astype(int)
-    groups, rule = shot_groups(counts, thresholds)
-    group_of = {i: g for g, members in groups.items() for i in members}
+    group_of = shot_group_of(counts, tuple(thresholds))
+    groups = {g: [i for i in range(len(names)) if group_of[i] == g] for g in GROUPS}
     table2 = labels_per_image(y)
     co = cooccurrence_matrix(y)
     order = np.argsort(-counts, kind="stable")
@@ -184,7 +163,7 @@ def describe(
         "csv": str(table.path), "num_images": int(y.shape[0]), "num_classes": len(names),
         "class_names": names, "class_counts": counts.tolist(),
         "head_tail_ratio": float(nz.max() / nz.min()) if nz.size else float("nan"),
-        "labels_per_image": table2, "group_rule": rule, "thresholds": list(thresholds),
+        "labels_per_image": table2, "thresholds": list(thresholds),
         "groups": {g: [names[i] for i in members] for g, members in groups.items()},
         "cooccurrence": co.tolist(),
     }
@@ -196,8 +175,7 @@ def describe(
     lines += [f"  {counts[i]:7d}  {group_of[i]:6s}  {names[i]}" for i in order]
     lines += ["", "labels per image (paper Table 2):"]
     lines += [f"  {k:>3s}: {v}" for k, v in table2.items()]
-    how = f"head > {thresholds[0]}, tail < {thresholds[1]}" if rule == "thresholds" else "tertiles"
-    lines += ["", f"groups ({how}):"]
+    lines += ["", f"groups (head >= {thresholds[0]:g}, tail < {thresholds[1]:g} training positives):"]
     lines += [f"  {g:6s} ({len(m)}): {', '.join(names[i] for i in m)}" for g, m in groups.items()]
 
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
@@ -271,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--class-names", nargs="+", default=None, metavar="COLUMN",
                    help="the label columns (default: every column of 0/1 values)")
     p.add_argument("--thresholds", type=int, nargs=2, default=DEFAULT_THRESHOLDS,
-                   metavar=("MANY", "FEW"), help="head > MANY, tail < FEW (default 100 20)")
+                   metavar=("MANY", "FEW"), help="head >= MANY, tail < FEW (default 100 20)")
     a = p.parse_args(argv)
     if a.out is None and a.write_prior is None:
         p.error("expected --out (the statistics and figures) or --write-prior (a starting prior), got neither")
