@@ -48,3 +48,9 @@ def broadcast_object(obj: Any, world: int) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group at the end of a run (a group left open can abort a rank at exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

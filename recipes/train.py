@@ -37,7 +37,7 @@ from recipes.augment import BatchAugment
 from recipes.cli import run_command
 from recipes.checkpoints import atomic_write_json, config_differences, load_checkpoint, remove_stale_temporaries
 from recipes.config import ConfigError, load_config
-from recipes.distributed import setup_distributed
+from recipes.distributed import setup_distributed, teardown_distributed
 from recipes.fold_data import prepare_data
 from recipes.run_lock import RunLock
 from recipes.tasks import RunContext, make_task
@@ -94,6 +94,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     finally:
         if lock is not None:
             lock.release()
+        teardown_distributed()
 
 
 def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: torch.device) -> dict:
