@@ -4,6 +4,7 @@
     python recipes/table3.py --profile cpu_long --seeds 0 1 2    # the longer CPU setting, 3 seeds
     python recipes/table3.py --profile paper --gpus 0 1 2 3      # 4-fold CV, one GPU per job
     python recipes/table3.py --profile rfmid --print-commands    # torchrun commands for a cluster
+    python recipes/table3.py --profile paper --launcher slurm --slurm-partition gpu   # SLURM (recipes/slurm.py)
     python recipes/table3.py --profile demo --collect-only       # tables + figures from finished runs
 
 **Jobs.** Each selected row (Table 3: ERM, RS, RW, Focal, OLTR, LDAM, DB, Ours shot / region /
@@ -828,6 +829,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher-args", default="--standalone",
                    help="torchrun arguments of printed commands (default --standalone; multi-node: "
                         "'--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=rskd')")
+    from recipes import slurm  # --launcher slurm | local and the --slurm-* options (submitit)
+
+    slurm.add_arguments(p)
     p.add_argument("--collect-only", action="store_true", help="only collect the tables and figures")
     p.add_argument("--no-figures", action="store_true", help="collect the tables only")
     p.add_argument("--evidence", action="store_true", help="also write evidence/ (recipes/evidence.py)")
@@ -888,7 +892,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         _check_manifest(out, a.profile, a.set, a.teacher_seed)
         t0 = time.time()
-        report = run_jobs(jobs, out, gpus=a.gpus, jobs_at_once=a.jobs, in_process=not a.subprocess)
+        if a.launcher is not None:  # through submitit (recipes/slurm.py); SLURM: collect later, --collect-only
+            from recipes import slurm
+
+            report = slurm.launch(jobs, out, a)
+            if report is None:
+                return 0
+        else:
+            report = run_jobs(jobs, out, gpus=a.gpus, jobs_at_once=a.jobs, in_process=not a.subprocess)
         print(f"[sweep] {len(report.done)} run(s) done, {len(report.skipped)} already finished, "
               f"{len(report.failed)} failed, {len(report.blocked)} not started; {time.time() - t0:.0f}s", flush=True)
         for jid in report.failed:
