@@ -24,10 +24,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
             SplitsMismatchError, PriorError, RunLockedError, DiskWriteError)
 
 
-def run_command(main: Callable[[], Any]) -> Any:
-    """``main()``; a user's error becomes one ``error: ...`` line on stderr and exit status 2."""
+def run_command(main: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:
+    """``main()``; a user's error (or one of ``also``) becomes one ``error: ...`` line on stderr and
+    exit status 2."""
     try:
         return main()
-    except user_errors() as exc:
+    except (*user_errors(), *also) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -75,7 +75,9 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 import numpy as np
 
+from recipes.cli import run_command
 from recipes.config import CONFIG_DIR, RULES, ConfigError, load_config, resolve_profile
+from recipes.run_lock import RunLock
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -430,10 +432,17 @@ def _log_path(out: Path, job: Job) -> Path:
 
 
 def _run_in_process(job: Job) -> bool:
+    """Run ``job`` in this process. A user's error (recipes/cli.py: config, data, prior, model, disk)
+    stops the sweep with that error (the other jobs would meet it too; a restart skips finished runs);
+    a bug fails this job only, with its traceback."""
+    from recipes.cli import user_errors
     from recipes.train import main as train_main
 
     try:
         train_main(job_argv(job))
+    except user_errors():
+        print(f"[sweep] {job.id} stopped the sweep:", flush=True)
+        raise
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -681,10 +690,9 @@ def figure_ap_change(rows: Sequence[TableRow], out: str | os.PathLike[str],
         ap_erm = np.nanmean(np.stack([_ap(r["test"]["ap"]) for r in erm.results]), axis=0)
         ap_best = np.nanmean(np.stack([_ap(r["test"]["ap"]) for r in best.results]), axis=0)
     counts = np.mean(np.stack([np.asarray(r["train_class_counts"], dtype=np.float64) for r in erm.results]), axis=0)
-    from rskd_loss.metrics import shot_groups
+    from rskd_loss.metrics import shot_group_of
 
-    groups = shot_groups(np.round(counts).astype(np.int64), tuple(thresholds))
-    group_of = {int(i): g for g, idx in groups.items() for i in idx}
+    group_of = shot_group_of(counts, tuple(thresholds))  # mean counts over folds, as recipes/evidence.py
     order = np.argsort(-counts, kind="stable")
     delta = 100.0 * (ap_best - ap_erm)
 
@@ -862,15 +870,33 @@ def _check_manifest(out: Path, profile: str, sets: Sequence[str], teacher_seed: 
     atomic_write_text(path, json.dumps(want, indent=1) + "\n")
 
 
+def _launch(jobs: list[Job], out: Path, a: argparse.Namespace) -> RunReport | None:
+    """Run the unfinished jobs here (in dependency order) or through submitit (``--launcher``)."""
+    t0 = time.time()
+    if a.launcher is not None:  # recipes/slurm.py; None after a SLURM submission
+        from recipes import slurm
+
+        report = slurm.launch(jobs, out, a)
+        if report is None:
+            return None
+    else:
+        report = run_jobs(jobs, out, gpus=a.gpus, jobs_at_once=a.jobs, in_process=not a.subprocess)
+    print(f"[sweep] {len(report.done)} run(s) done, {len(report.skipped)} already finished, "
+          f"{len(report.failed)} failed, {len(report.blocked)} not started; {time.time() - t0:.0f}s", flush=True)
+    for jid in report.failed:
+        print(f"[sweep] FAILED: {jid}", file=sys.stderr)
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = get_args_parser().parse_args(argv)
     if a.jobs < 1:
-        raise SystemExit(f"error: --jobs must be >= 1, got {a.jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {a.jobs}")
     if a.nproc_per_node < 1:
-        raise SystemExit(f"error: --nproc-per-node must be >= 1, got {a.nproc_per_node}")
+        raise ConfigError(f"--nproc-per-node must be >= 1, got {a.nproc_per_node}")
     pairs = [tuple(p.split(":")) for p in a.pair]  # --evidence comparisons
     if any(len(p) != 2 or not all(p) for p in pairs):
-        raise SystemExit(f"error: --pair must be ROW:REF (e.g. ours_focal:focal), got {a.pair}")
+        raise ConfigError(f"--pair must be ROW:REF (e.g. ours_focal:focal), got {a.pair}")
     resolve_profile(a.profile)  # an unknown profile: ConfigError listing the valid ones
     out = Path(a.out) if a.out else Path("runs") / "table3" / _profile_name(a.profile)
     rows = list(dict.fromkeys(a.rows if a.rows else [r for t in a.tables for r in TABLES[t]]))
@@ -890,20 +916,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.print_commands:
             print_commands(jobs, nproc_per_node=a.nproc_per_node, launcher_args=shlex.split(a.launcher_args))
             return 0
-        _check_manifest(out, a.profile, a.set, a.teacher_seed)
-        t0 = time.time()
-        if a.launcher is not None:  # through submitit (recipes/slurm.py); SLURM: collect later, --collect-only
-            from recipes import slurm
-
-            report = slurm.launch(jobs, out, a)
-            if report is None:
-                return 0
-        else:
-            report = run_jobs(jobs, out, gpus=a.gpus, jobs_at_once=a.jobs, in_process=not a.subprocess)
-        print(f"[sweep] {len(report.done)} run(s) done, {len(report.skipped)} already finished, "
-              f"{len(report.failed)} failed, {len(report.blocked)} not started; {time.time() - t0:.0f}s", flush=True)
-        for jid in report.failed:
-            print(f"[sweep] FAILED: {jid}", file=sys.stderr)
+        with RunLock(out):  # one live sweep per sweep folder (each run also locks its own folder)
+            _check_manifest(out, a.profile, a.set, a.teacher_seed)
+            report = _launch(jobs, out, a)
+        if report is None:  # submitted to SLURM: collect later with --collect-only
+            return 0
     text = collect(out, a.tables, rows, folds, a.seeds, ours_rule=a.ours_rule, thresholds=thresholds,
                    cfg=base_cfg, title=title, figures=not a.no_figures)
     print(text)
@@ -920,8 +937,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (ConfigError, SweepError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    raise SystemExit(run_command(main, also=(SweepError,)))

@@ -22,6 +22,7 @@ import pytest
 from scipy import stats
 
 from recipes import table3
+from recipes.config import ConfigError
 from recipes.evidence import bootstrap_group_maps, t_interval, weighted_ap, write_evidence
 from rskd_loss.metrics import average_precision_per_class
 from rskd_loss.partition import Partition
@@ -309,5 +310,5 @@ def test_table3_cli_writes_evidence(tmp_path, monkeypatch, capsys):
     assert "EVIDENCE" in capsys.readouterr().out
     assert seen["a"][1:] == ([0, 1, 2, 3], [0], ["erm", "focal"])
     assert seen["k"]["pairs"] == [("ours_focal", "focal")] and seen["k"]["ours_rule"] == "shot"
-    with pytest.raises(SystemExit, match="ROW:REF"):
+    with pytest.raises(ConfigError, match="ROW:REF"):
         table3.main(["--profile", "paper", "--collect-only", "--evidence", "--pair", "ours_focal"])

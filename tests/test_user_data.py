@@ -111,11 +111,16 @@ def test_the_region_rule_runs_with_the_users_prior(env, tmp_path, capsys):
     assert [len(s) for s in part["subsets"]] == [4, 4]
 
 
-def _cli(argv: list[str], capsys) -> str:
-    """``train.py``'s command line in process: returns stderr after the expected exit status 2."""
+def _cli(argv: list[str], capsys, program: str = "train") -> str:
+    """``train.py``'s (or ``table3.py``'s) command line in process: stderr after the expected exit status 2."""
+    from recipes import table3
+
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run_command(lambda: main(argv))
+        if program == "train":
+            run_command(lambda: main(argv))
+        else:
+            run_command(lambda: table3.main(argv), also=(table3.SweepError,))
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -161,11 +166,19 @@ ERRORS = {
 }
 
 
+@pytest.mark.parametrize("program", ["train", "table3"])
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_every_user_error_is_one_line_and_exit_status_2(env, tmp_path, capsys, case):
+def test_every_user_error_is_one_line_and_exit_status_2(env, tmp_path, capsys, case, program):
     make_sets, message = ERRORS[case]
-    config = "teacher" if "prior" in case else "erm"
-    err = _cli(_argv(env, config, tmp_path / "run", *make_sets(env, tmp_path)), capsys)
+    sets = make_sets(env, tmp_path)
+    if program == "train":
+        argv = _argv(env, "teacher" if "prior" in case else "erm", tmp_path / "run", *sets)
+    else:  # the sweep: ERM, or the region rule's first teacher for the prior cases
+        rows = ["ours_region"] if "prior" in case else ["erm"]
+        sets = [s for s in sets if not s.startswith(("method.partition.rule", "method.subset"))]
+        argv = ["--profile", str(env / "tiny.py"), "--rows", *rows, "--out", str(tmp_path / "sweep"),
+                "--no-figures", *(["--set", *sets] if sets else [])]
+    err = _cli(argv, capsys, program)
     assert re.search(message, err), err
 
 
@@ -183,6 +196,10 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last_o
     assert re.search(r"cannot write .*/run/(best|last)\.pt: disk full \(ENOSPC\)", err) and "unchanged" in err
     assert {name: (out / name).read_bytes() for name in before} == before
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    # the sweep: the run's error stops it, as one line
+    err = _cli(["--profile", str(env / "tiny.py"), "--rows", "erm", "--out", str(tmp_path / "sweep"),
+                "--no-figures"], capsys, "table3")
+    assert re.search(r"cannot write .*/sweep/fold0/seed0/erm/(best|last)\.pt: disk full \(ENOSPC\)", err)
 
 
 # ---------------------------------------------------------------------------- one process per folder
@@ -243,3 +260,19 @@ def test_a_second_process_is_refused_and_a_killed_owners_lock_is_taken_over(env,
     assert "took over" in err
     model, ap = _final_state(killed)
     assert ap == ref_ap and all(torch.equal(model[k], ref_model[k]) for k in ref_model)
+
+
+def test_a_second_sweep_on_a_live_sweep_folder_is_refused(env, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from recipes.run_lock import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)",
+                               str(sweep)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = _cli(["--profile", str(env / "tiny.py"), "--rows", "erm", "--out", str(sweep), "--no-figures"],
+                   capsys, "table3")
+        assert f"pid {holder.pid}" in err and str(sweep) in err
+        assert sorted(os.listdir(sweep)) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
