@@ -1,6 +1,6 @@
 # Profile "cpu_long": CPU, the synthetic benchmark at its default size (4000 images of 64 px,
 # 16 classes: recipes/data/synthetic.py DEFAULT_*), a wider small CNN, more epochs.
-# Goal (issue 5): one sweep of Table 3 (one split, one seed) in under an hour on 2 CPU cores;
+# Goal: one sweep of Table 3 (one split, one seed) in under an hour on 2 CPU cores;
 # recipes/README.md reports ERM against the three "Ours" rows with --seeds 0 1 2 (mean +- std).
 _base_ = ["./demo.py"]
 

@@ -1,5 +1,5 @@
 # Profile "demo": CPU, the synthetic benchmark at the demo size, a small CNN, a few epochs.
-# Goal (issue 5): all 14 rows of Table 3 (plus their teachers and OLTR stage 1) finish in <= 10 min on
+# Goal: all 14 rows of Table 3 (plus their teachers and OLTR stage 1) finish in <= 10 min on
 # 2 CPU cores. The knobs that set the run time are the underscore variables of the first block: tune
 # them here, in one place (mmengine drops nothing, recipes.config ignores names starting with "_").
 #
