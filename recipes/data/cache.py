@@ -235,6 +235,35 @@ def build_cache(
     """
     t0 = time.perf_counter()
     src_dir, csv_path, out_dir = Path(src_dir), Path(csv_path), Path(out_dir)
+    _check_build_args(src_dir, csv_path, out_dir, size=size, fmt=fmt, quality=quality)
+    header, rows, ids, pos = _read_image_column(csv_path, image_column)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{csv_path}: expected unique image ids, got duplicates")
+
+    settings = {"version": CACHE_VERSION, "size": size, "format": fmt,
+                "quality": int(quality) if fmt == "jpeg" else None,
+                "threshold": threshold, "min_fraction": min_fraction}
+    meta_path = out_dir / META_NAME
+    force = _settings_changed(meta_path, settings)
+    jobs = [_Job(str(src_dir / (i + image_suffix)), str(out_dir / _out_name(i, fmt, image_suffix)), size,
+                 fmt, int(quality), float(threshold), float(min_fraction), force) for i in ids]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if force and meta_path.is_file():
+        meta_path.unlink()  # until this run completes, no file counts as up to date for the new settings
+    report = CacheReport(out_dir=out_dir, csv_path=out_dir / csv_path.name)
+    n_workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    _run_jobs(jobs, n_workers, report, progress)
+    report.seconds = time.perf_counter() - t0
+    _raise_if_failed(report, len(jobs))
+
+    _write_cache_csv(csv_path, report.csv_path, rows, ids, pos, fmt=fmt, image_suffix=image_suffix)
+    _write_meta(meta_path, settings, csv_path, len(ids))
+    return report
+
+
+def _check_build_args(src_dir: Path, csv_path: Path, out_dir: Path, *, size: int, fmt: str,
+                      quality: int) -> None:
+    """Refuse bad settings, a missing source folder or CSV, and a cache folder equal to the source."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if fmt not in FORMATS:
@@ -248,49 +277,45 @@ def build_cache(
     if out_dir.resolve() == src_dir.resolve():
         raise ValueError(f"out_dir must differ from src_dir (the cache never overwrites its source), "
                          f"got {out_dir}")
-    header, rows, ids, pos = _read_image_column(csv_path, image_column)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{csv_path}: expected unique image ids, got duplicates")
 
-    settings = {"version": CACHE_VERSION, "size": size, "format": fmt,
-                "quality": int(quality) if fmt == "jpeg" else None,
-                "threshold": threshold, "min_fraction": min_fraction}
-    meta_path = out_dir / META_NAME
+
+def _settings_changed(meta_path: Path, settings: dict[str, Any]) -> bool:
+    """``True`` (rebuild every file) unless ``meta_path`` exists and records exactly ``settings``."""
     force = True
     if meta_path.is_file():
         try:
             force = json.loads(meta_path.read_text("utf-8")).get("settings") != settings
         except (ValueError, OSError):
             force = True
+    return force
 
-    def out_name(image_id: str) -> str:
-        name = image_id + image_suffix
-        if fmt == "jpeg" and not image_suffix:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in (".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"):
-                name = stem + ".jpg"
-        elif fmt == "jpeg" and image_suffix:
-            name = image_id + ".jpg"
-        return name
 
-    jobs = [_Job(str(src_dir / (i + image_suffix)), str(out_dir / out_name(i)), size, fmt, int(quality),
-                 float(threshold), float(min_fraction), force) for i in ids]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if force and meta_path.is_file():
-        meta_path.unlink()  # until this run completes, no file counts as up to date for the new settings
-    report = CacheReport(out_dir=out_dir, csv_path=out_dir / csv_path.name)
-    n_workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+def _out_name(image_id: str, fmt: str, image_suffix: str) -> str:
+    """The cached file's path relative to the cache folder (a ``.jpg`` extension with JPEG)."""
+    name = image_id + image_suffix
+    if fmt == "jpeg" and not image_suffix:
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in (".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"):
+            name = stem + ".jpg"
+    elif fmt == "jpeg" and image_suffix:
+        name = image_id + ".jpg"
+    return name
 
-    def results() -> Iterable[tuple[str, str, str]]:
-        if n_workers <= 1 or len(jobs) < 2:
-            yield from map(_process, jobs)
-            return
-        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
-        with ctx.Pool(n_workers) as pool:
-            yield from pool.imap_unordered(_process, jobs, chunksize=max(1, len(jobs) // (n_workers * 16)))
 
+def _results(jobs: Sequence[_Job], n_workers: int) -> Iterable[tuple[str, str, str]]:
+    """:func:`_process` of every job, in this process or (in any order) in ``n_workers`` processes."""
+    if n_workers <= 1 or len(jobs) < 2:
+        yield from map(_process, jobs)
+        return
+    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
+    with ctx.Pool(n_workers) as pool:
+        yield from pool.imap_unordered(_process, jobs, chunksize=max(1, len(jobs) // (n_workers * 16)))
+
+
+def _run_jobs(jobs: Sequence[_Job], n_workers: int, report: CacheReport, progress: bool) -> None:
+    """Run every job, counting the outcomes into ``report``; an unwritable cache raises at once."""
     step = max(1, len(jobs) // 20)
-    for k, (status, src, msg) in enumerate(results(), 1):
+    for k, (status, src, msg) in enumerate(_results(jobs, n_workers), 1):
         if status == "written":
             report.written += 1
         elif status == "skipped":
@@ -302,14 +327,21 @@ def build_cache(
         if progress and (k % step == 0 or k == len(jobs)):
             print(f"[cache] {k}/{len(jobs)} (written {report.written}, up to date {report.skipped}, "
                   f"failed {len(report.failed)})", file=sys.stderr, flush=True)
-    report.seconds = time.perf_counter() - t0
+
+
+def _raise_if_failed(report: CacheReport, num_jobs: int) -> None:
+    """Raise ``RuntimeError`` listing the first failures, if any image failed."""
     if report.failed:
         listed = "; ".join(f"{s}: {m}" for s, m in report.failed[:5])
         more = f" (and {len(report.failed) - 5} more)" if len(report.failed) > 5 else ""
-        raise RuntimeError(f"{len(report.failed)} of {len(jobs)} images could not be cached, the CSV was "
+        raise RuntimeError(f"{len(report.failed)} of {num_jobs} images could not be cached, the CSV was "
                            f"not written: {listed}{more}")
 
-    renamed = [out_name(i) != i + image_suffix for i in ids]
+
+def _write_cache_csv(csv_path: Path, dst: Path, rows: list[list[str]], ids: list[str], pos: int, *,
+                     fmt: str, image_suffix: str) -> None:
+    """Copy the CSV to ``dst``, rewriting its image column where JPEG renamed the files."""
+    renamed = [_out_name(i, fmt, image_suffix) != i + image_suffix for i in ids]
     if fmt == "jpeg" and not image_suffix and any(renamed):
         import csv
         import io
@@ -321,15 +353,18 @@ def build_cache(
         for r in rows[1:]:
             if r and any(c.strip() for c in r):
                 r = list(r)
-                r[pos] = out_name(next(it))
+                r[pos] = _out_name(next(it), fmt, image_suffix)
             w.writerow(r)
-        atomic_write_text(report.csv_path, buf.getvalue())
+        atomic_write_text(dst, buf.getvalue())
     else:
-        atomic_copy(csv_path, report.csv_path)
+        atomic_copy(csv_path, dst)
+
+
+def _write_meta(meta_path: Path, settings: dict[str, Any], csv_path: Path, num_images: int) -> None:
+    """Write ``cache_meta.json``: the settings and source CSV of a completed run."""
     atomic_write_text(meta_path, json.dumps({"settings": settings, "source_csv": str(csv_path),
                                              "source_csv_sha256": file_sha256(csv_path),
-                                             "images": len(ids)}, indent=2) + "\n")
-    return report
+                                             "images": num_images}, indent=2) + "\n")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

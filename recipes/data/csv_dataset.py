@@ -202,6 +202,28 @@ def read_label_csv(
             row of the wrong length, an empty or duplicated image id, a named label that is not 0/1.
     """
     path = Path(csv_path)
+    reader, header, seen = _read_header(path)
+    image_column = _choose_image_column(path, header, seen, image_column)
+    candidates, detected = _choose_label_candidates(path, header, seen, image_column, label_columns,
+                                                    class_names)
+    ids, lines, rows, bad = _parse_rows(path, reader, header, seen, image_column, candidates, detected)
+    _refuse_nearly_label_columns(path, candidates, bad, len(rows))
+    keep, skipped = _keep_label_columns(path, image_column, candidates, bad)
+    label_columns = [candidates[j] for j in keep]
+    targets = np.asarray([[r[j] for j in keep] for r in rows], dtype=np.uint8)
+    targets = targets.reshape(len(rows), len(label_columns))
+    targets.setflags(write=False)
+    return LabelTable(path=path, image_column=image_column, class_names=tuple(label_columns),
+                      image_ids=tuple(ids), targets=targets, line_numbers=tuple(lines),
+                      skipped_columns=skipped, detected=detected)
+
+
+def _read_header(path: Path) -> tuple[Any, list[str], dict[str, int]]:
+    """Open ``path`` and read its header: ``(reader positioned on the first data row, header, seen)``.
+
+    ``header`` holds the stripped column names, ``seen`` maps each name to its 0-based position;
+    an empty or duplicated name is refused.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {path}")
     raw = path.read_bytes()
@@ -224,13 +246,34 @@ def read_label_csv(
             raise CSVDataError(f"{_where(path, 1, name)}: expected unique column names, got {name!r} "
                                f"twice (columns {seen[name] + 1} and {i + 1})")
         seen[name] = i
+    return reader, header, seen
 
+
+def _choose_image_column(path: Path, header: list[str], seen: dict[str, int],
+                         image_column: str | None) -> str:
+    """The image-id column: ``image_column`` if it is in the header, else (``None``) the first."""
     if image_column is None:
-        image_column = header[0]
-    elif image_column not in seen:
+        return header[0]
+    if image_column not in seen:
         raise CSVDataError(f"{_where(path, 1)}: expected an image column {image_column!r}, "
                            f"got columns {header}")
+    return image_column
 
+
+def _choose_label_candidates(
+    path: Path,
+    header: list[str],
+    seen: dict[str, int],
+    image_column: str,
+    label_columns: Sequence[str] | None,
+    class_names: Sequence[str] | None,
+) -> tuple[list[str], bool]:
+    """``(candidates, detected)``: the columns to read as labels, and whether they are to be detected.
+
+    Detected (neither ``label_columns`` nor ``class_names`` given): every column but the image
+    column, each kept only if all its values are 0/1. Otherwise the named columns, checked against
+    the header.
+    """
     if class_names is not None:
         wanted = list(class_names)
         if label_columns is not None and list(label_columns) != wanted:
@@ -253,7 +296,24 @@ def read_label_csv(
     if not candidates:
         raise CSVDataError(f"{path}: expected at least one label column after the image column "
                            f"{image_column!r}, got the header {header}")
+    return candidates, detected
 
+
+def _parse_rows(
+    path: Path,
+    reader: Any,
+    header: list[str],
+    seen: dict[str, int],
+    image_column: str,
+    candidates: Sequence[str],
+    detected: bool,
+) -> tuple[list[str], list[int], list[list[int | None]], list[list[Any]]]:
+    """Read the data rows: ``(image ids, CSV lines, label rows, bad)``.
+
+    A label row holds one 0/1 (or ``None`` for a non-0/1 cell of a detected column) per candidate;
+    ``bad`` holds, per candidate column, ``[non-0/1 count, first bad value, its line]``. A non-0/1
+    cell of a named label column is an error.
+    """
     img_pos = seen[image_column]
     pos = [seen[c] for c in candidates]
     ids: list[str] = []
@@ -291,7 +351,15 @@ def read_label_csv(
         ids.append(image_id)
         lines.append(line)
         rows.append(row)
-    _refuse_nearly_label_columns(path, candidates, bad, len(rows))
+    return ids, lines, rows, bad
+
+
+def _keep_label_columns(path: Path, image_column: str, candidates: Sequence[str],
+                        bad: Sequence[Sequence[Any]]) -> tuple[list[int], tuple[SkippedColumn, ...]]:
+    """``(keep, skipped)``: positions in ``candidates`` of the all-0/1 columns, and the others.
+
+    Refuses a table where no candidate column holds only 0/1.
+    """
     keep = [j for j in range(len(candidates)) if bad[j][0] == 0]
     skipped = tuple(SkippedColumn(candidates[j], bad[j][0], bad[j][1], bad[j][2])
                     for j in range(len(candidates)) if bad[j][0])
@@ -300,13 +368,7 @@ def read_label_csv(
         raise CSVDataError(f"{path}: expected at least one label column holding only 0/1 besides the "
                            f"image column {image_column!r}, got none: {listed}; name the label columns "
                            f"with class_names= (data.class_names) to see the first bad cell of each")
-    label_columns = [candidates[j] for j in keep]
-    targets = np.asarray([[r[j] for j in keep] for r in rows], dtype=np.uint8)
-    targets = targets.reshape(len(rows), len(label_columns))
-    targets.setflags(write=False)
-    return LabelTable(path=path, image_column=image_column, class_names=tuple(label_columns),
-                      image_ids=tuple(ids), targets=targets, line_numbers=tuple(lines),
-                      skipped_columns=skipped, detected=detected)
+    return keep, skipped
 
 
 #: a detected column with at most this share of non-0/1 cells (and at least one) is a label column

@@ -38,13 +38,13 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from rskd_loss.metrics import GROUPS, shot_group_of
-from .csv_dataset import label_columns_message, read_label_csv
+from .csv_dataset import LabelTable, label_columns_message, read_label_csv
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -130,6 +130,19 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class _Stats(NamedTuple):
+    """The whole-data-set statistics :func:`describe` prints and plots."""
+
+    table: LabelTable            # the CSV read
+    names: list[str]             # class names, in the CSV's order
+    counts: np.ndarray           # (C,) positives per class
+    group_of: list[str]          # head / medium / tail of each class
+    groups: dict[str, list[int]]  # class indices of each group
+    order: np.ndarray            # class indices sorted by count, largest first
+    co: np.ndarray               # (C, C) co-occurrence matrix
+    summary: dict[str, Any]      # what summary.json holds
+
+
 def describe(
     csv_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -151,6 +164,38 @@ def describe(
                            class_names=class_names)
     if verbose:
         print(label_columns_message(table))
+    st = _statistics(table, thresholds)
+    summary = st.summary
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    lines = _table_lines(st, thresholds)
+    fig = _class_counts_figure(st)
+    _save(fig, out / "class_counts.png")
+    plt.close(fig)
+    fig = _cooccurrence_figure(st)
+    _save(fig, out / "cooccurrence.png")
+    plt.close(fig)
+
+    if partition is not None:
+        subsets, sub_names = load_partition_json(partition, len(st.names))
+        stats = subset_statistics(table.targets, subsets)
+        summary["partition"] = {"path": str(partition), "names": sub_names, "subsets": stats}
+        lines += _partition_lines(partition, sub_names, stats, summary["head_tail_ratio"])
+        fig = _subsets_figure(st, sub_names, stats)
+        _save(fig, out / "subsets.png")
+        plt.close(fig)
+
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "summary.txt", text)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if verbose:
+        print(text, end="")
+    return summary
+
+
+def _statistics(table: LabelTable, thresholds: Sequence[float]) -> _Stats:
+    """Class counts, head / medium / tail groups, labels per image and co-occurrence of ``table``."""
     y, names = table.targets, list(table.class_names)
     counts = y.sum(axis=0).astype(int)
     group_of = shot_group_of(counts, tuple(thresholds))
@@ -167,19 +212,40 @@ def describe(
         "groups": {g: [names[i] for i in members] for g, members in groups.items()},
         "cooccurrence": co.tolist(),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return _Stats(table, names, counts, group_of, groups, order, co, summary)
 
-    lines = [f"{table.path}: {y.shape[0]} images, {len(names)} classes, head/tail ratio "
-             f"{summary['head_tail_ratio']:.1f}", "", "per-class positives (sorted):"]
-    lines += [f"  {counts[i]:7d}  {group_of[i]:6s}  {names[i]}" for i in order]
+
+def _table_lines(st: _Stats, thresholds: Sequence[float]) -> list[str]:
+    """The printed table: per-class positives, labels per image, groups."""
+    names, counts, group_of = st.names, st.counts, st.group_of
+    lines = [f"{st.table.path}: {st.table.targets.shape[0]} images, {len(names)} classes, head/tail ratio "
+             f"{st.summary['head_tail_ratio']:.1f}", "", "per-class positives (sorted):"]
+    lines += [f"  {counts[i]:7d}  {group_of[i]:6s}  {names[i]}" for i in st.order]
     lines += ["", "labels per image (paper Table 2):"]
-    lines += [f"  {k:>3s}: {v}" for k, v in table2.items()]
+    lines += [f"  {k:>3s}: {v}" for k, v in st.summary["labels_per_image"].items()]
     lines += ["", f"groups (head >= {thresholds[0]:g}, tail < {thresholds[1]:g} training positives):"]
-    lines += [f"  {g:6s} ({len(m)}): {', '.join(names[i] for i in m)}" for g, m in groups.items()]
+    lines += [f"  {g:6s} ({len(m)}): {', '.join(names[i] for i in m)}" for g, m in st.groups.items()]
+    return lines
 
+
+def _partition_lines(partition: str | os.PathLike[str], sub_names: Sequence[str],
+                     stats: Sequence[dict[str, Any]], head_tail_ratio: float) -> list[str]:
+    """The printed lines of a partition: per subset its classes, images, imbalance, outside labels."""
+    lines = ["", f"partition {partition}:"]
+    for n, st in zip(sub_names, stats):
+        lines.append(f"  {n}: {len(st['classes'])} classes, {st['images']} images, imbalance "
+                     f"{st['imbalance_ratio']:.1f} (whole set {head_tail_ratio:.1f}), "
+                     f"{st['images_with_outside_labels']} with labels outside the subset")
+    return lines
+
+
+def _class_counts_figure(st: _Stats) -> Any:
+    """Per-class positives, sorted, log scale, coloured by group (the paper's Fig. 1)."""
+    import matplotlib.pyplot as plt
+
+    names, counts, order = st.names, st.counts, st.order
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
-    ax.bar(range(len(names)), counts[order], color=[_COLORS[group_of[i]] for i in order])
+    ax.bar(range(len(names)), counts[order], color=[_COLORS[st.group_of[i]] for i in order])
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.8)
     ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=7)
@@ -188,52 +254,45 @@ def describe(
     for g in GROUPS:
         ax.bar([], [], color=_COLORS[g], label=g)
     ax.legend()
-    _save(fig, out / "class_counts.png")
-    plt.close(fig)
+    return fig
 
+
+def _cooccurrence_figure(st: _Stats) -> Any:
+    """The co-occurrence matrix, classes sorted by count, log(1 + images) colour scale."""
+    import matplotlib.pyplot as plt
+
+    names, order = st.names, st.order
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(names)), max(4, 0.3 * len(names))))
-    im = ax.imshow(np.log1p(co[np.ix_(order, order)]), cmap="viridis")
+    im = ax.imshow(np.log1p(st.co[np.ix_(order, order)]), cmap="viridis")
     ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=6)
     ax.set_yticks(range(len(names)), [names[i] for i in order], fontsize=6)
     ax.set_title("label co-occurrence (log(1 + images))")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(fig, out / "cooccurrence.png")
-    plt.close(fig)
+    return fig
 
-    if partition is not None:
-        subsets, sub_names = load_partition_json(partition, len(names))
-        stats = subset_statistics(y, subsets)
-        summary["partition"] = {"path": str(partition), "names": sub_names, "subsets": stats}
-        lines += ["", f"partition {partition}:"]
-        for n, st in zip(sub_names, stats):
-            lines.append(f"  {n}: {len(st['classes'])} classes, {st['images']} images, imbalance "
-                         f"{st['imbalance_ratio']:.1f} (whole set {summary['head_tail_ratio']:.1f}), "
-                         f"{st['images_with_outside_labels']} with labels outside the subset")
-        k = len(subsets)
-        fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * (k + 1), 3.5), squeeze=False)
-        ax0 = axes[0, 0]
-        ax0.bar(range(len(names)), counts[order], color="grey")
-        ax0.set_yscale("log")
-        ax0.set_ylim(bottom=0.8)
-        ax0.set_title("original")
-        for j, (n, st) in enumerate(zip(sub_names, stats), 1):
-            ax = axes[0, j]
-            o = np.argsort(-np.asarray(st["counts"]), kind="stable")
-            ax.bar(range(len(o)), np.asarray(st["counts"])[o],
-                   color=[_COLORS[group_of[st["classes"][i]]] for i in o])
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=0.8)
-            ax.set_xticks(range(len(o)), [names[st["classes"][i]] for i in o], rotation=90, fontsize=6)
-            ax.set_title(f"{n} (x{st['imbalance_ratio']:.0f})", fontsize=9)
-        _save(fig, out / "subsets.png")
-        plt.close(fig)
 
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(out / "summary.txt", text)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    if verbose:
-        print(text, end="")
-    return summary
+def _subsets_figure(st: _Stats, sub_names: Sequence[str], stats: Sequence[dict[str, Any]]) -> Any:
+    """The whole set's counts, then one panel per subset (the paper's Fig. 4)."""
+    import matplotlib.pyplot as plt
+
+    names, group_of = st.names, st.group_of
+    k = len(stats)
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * (k + 1), 3.5), squeeze=False)
+    ax0 = axes[0, 0]
+    ax0.bar(range(len(names)), st.counts[st.order], color="grey")
+    ax0.set_yscale("log")
+    ax0.set_ylim(bottom=0.8)
+    ax0.set_title("original")
+    for j, (n, s) in enumerate(zip(sub_names, stats), 1):
+        ax = axes[0, j]
+        o = np.argsort(-np.asarray(s["counts"]), kind="stable")
+        ax.bar(range(len(o)), np.asarray(s["counts"])[o],
+               color=[_COLORS[group_of[s["classes"][i]]] for i in o])
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.8)
+        ax.set_xticks(range(len(o)), [names[s["classes"][i]] for i in o], rotation=90, fontsize=6)
+        ax.set_title(f"{n} (x{s['imbalance_ratio']:.0f})", fontsize=9)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
