@@ -235,9 +235,8 @@ def _check_prior(cfg: Mapping) -> None:
         raise ConfigError(f"config key 'method.partition.prior': {exc}; {how_to_write_prior()}") from None
 
 
-def validate(cfg: Mapping) -> None:
-    """Check types and ranges of every key that the recipes read; raise :class:`ConfigError`."""
-    d, m, s, meth, r = cfg["data"], cfg["model"], cfg["schedule"], cfg["method"], cfg["run"]
+def _validate_data(d: Mapping) -> None:
+    """The ``data`` section: data set, split scheme and fold, sizes, workers, columns."""
     _check(d["dataset"] in ("synthetic", "csv", "rfmid"), "data.dataset", "one of synthetic, csv, rfmid",
            d["dataset"])
     _check(d["scheme"] in ("kfold", "holdout"), "data.scheme", "kfold or holdout", d["scheme"])
@@ -258,11 +257,19 @@ def validate(cfg: Mapping) -> None:
         raise ConfigError(f"config key 'data.class_names' must not name the image column "
                           f"data.image_column={ic!r}, got {list(cn)}")
     _check(isinstance(d["skip_bad_images"], bool), "data.skip_bad_images", "True or False", d["skip_bad_images"])
+
+
+def _validate_model(m: Mapping) -> None:
+    """The ``model`` section: name, norm, head, frozen stages."""
     _check(isinstance(m["name"], str) and m["name"], "model.name", "a model name", m["name"])
     _check(m["norm"] in ("batch", "group"), "model.norm", "batch or group", m["norm"])
     _check(m["head"] in ("linear", "normed"), "model.head", "linear or normed", m["head"])
     _check(_is_int(m["freeze"]) and m["freeze"] >= 0, "model.freeze", "an int >= 0 (frozen leading stages)",
            m["freeze"])
+
+
+def _validate_schedule(s: Mapping) -> None:
+    """The ``schedule`` section: epochs, learning rate, weight decay, plateau schedule."""
     _check(_is_int(s["epochs"]) and s["epochs"] >= 1, "schedule.epochs", "a positive int", s["epochs"])
     _check(_is_num(s["lr"]) and s["lr"] > 0, "schedule.lr", "a number > 0", s["lr"])
     _check(_is_num(s["weight_decay"]) and s["weight_decay"] >= 0, "schedule.weight_decay", "a number >= 0",
@@ -273,6 +280,12 @@ def validate(cfg: Mapping) -> None:
            "an int >= 0", s["plateau_patience"])
     _check(_is_num(s["min_lr"]) and 0 <= s["min_lr"] <= s["lr"], "schedule.min_lr", "a number in [0, lr]",
            s["min_lr"])
+
+
+def _validate_method(meth: Mapping, cfg: Mapping) -> None:
+    """The ``method`` section ``meth`` of ``cfg``: stage, criterion, sampler, OLTR stage, partition (and
+    its prior, checked by :func:`_check_prior` on the whole ``cfg``: it reads ``data.dataset``), the
+    teacher / student keys, then ``method.kd``."""
     _check(meth["stage"] in STAGES, "method.stage", f"one of {', '.join(STAGES)}", meth["stage"])
     _check(isinstance(meth["criterion"], Mapping) and isinstance(meth["criterion"].get("name"), str),
            "method.criterion", "a dict with a 'name'", meth["criterion"])
@@ -297,7 +310,11 @@ def validate(cfg: Mapping) -> None:
                meth["teachers_dir"])
     _check(meth["teacher_mode"] in ("bank", "online"), "method.teacher_mode", "bank or online",
            meth["teacher_mode"])
-    kd = meth["kd"]
+    _validate_kd(meth["kd"])
+
+
+def _validate_kd(kd: Mapping) -> None:
+    """``method.kd``: temperature, delta, order, KD weight."""
     _check(_is_num(kd["temperature"]) and kd["temperature"] > 0, "method.kd.temperature", "a number > 0",
            kd["temperature"])
     _check(_is_num(kd["delta"]) and 0 < kd["delta"] < 1, "method.kd.delta", "a number in (0, 1)", kd["delta"])
@@ -305,6 +322,10 @@ def validate(cfg: Mapping) -> None:
            "student_teacher or teacher_student", kd["order"])
     _check(_is_num(kd["kd_weight"]) and kd["kd_weight"] >= 0, "method.kd.kd_weight", "a number >= 0",
            kd["kd_weight"])
+
+
+def _validate_run(r: Mapping) -> None:
+    """The ``run`` section: device, AMP, seed, SyncBN, checkpoint / log intervals, step cap."""
     _check(r["device"] in ("auto", "cpu", "cuda"), "run.device", "auto, cpu or cuda", r["device"])
     _check(r["amp"] in ("auto", "bf16", "none"), "run.amp", "auto, bf16 or none", r["amp"])
     _check(_is_int(r["seed"]), "run.seed", "an int", r["seed"])
@@ -314,3 +335,17 @@ def validate(cfg: Mapping) -> None:
     _check(_is_int(r["log_every"]) and r["log_every"] >= 1, "run.log_every", "an int >= 1", r["log_every"])
     msps = r["max_steps_per_epoch"]
     _check(msps is None or (_is_int(msps) and msps >= 1), "run.max_steps_per_epoch", "None or an int >= 1", msps)
+
+
+def validate(cfg: Mapping) -> None:
+    """Check types and ranges of every key that the recipes read; raise :class:`ConfigError`.
+
+    The sections are checked in this order, the first bad key raising: data, model, schedule,
+    method (with its prior and ``method.kd``), run.
+    """
+    d, m, s, meth, r = cfg["data"], cfg["model"], cfg["schedule"], cfg["method"], cfg["run"]
+    _validate_data(d)
+    _validate_model(m)
+    _validate_schedule(s)
+    _validate_method(meth, cfg)
+    _validate_run(r)

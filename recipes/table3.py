@@ -211,6 +211,91 @@ def _config_path(rel: str) -> Path:
     return CONFIG_DIR / rel
 
 
+@dataclass
+class _JobPlan:
+    """The job list :func:`build_jobs` grows, one (fold, seed) cell at a time, with what it needs to do so.
+
+    ``listed``: the ids already in ``jobs`` (a dependency or a row is listed once); ``k_cache``: the
+    number of teachers per (fold, rule), computed once per fold and rule.
+    """
+
+    out: str | os.PathLike[str]
+    profile: str | None
+    sets: tuple[str, ...]
+    ours_rule: str
+    fold_data: FoldData
+    teacher_seed: int | None
+    jobs: list[Job] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)
+    k_cache: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def load(self, rel: str, extra: Sequence[str]) -> dict:
+        return load_config(_config_path(rel), self.profile, [*self.sets, *extra])
+
+    def add(self, job: Job) -> None:
+        self.listed.add(job.id)
+        self.jobs.append(job)
+
+    def need_oltr1(self, fold: int, seed: int) -> str:
+        """The id of the cell's OLTR stage-1 job, adding the job when not yet listed."""
+        d = _cell(self.out, fold, seed) / "oltr_stage1"
+        jid = _rel_id(self.out, d)
+        if jid not in self.listed:
+            base = (f"data.fold={fold}", f"run.seed={seed}")
+            cfg = self.load(OLTR_STAGE1_CONFIG, base)
+            self.add(Job(jid, OLTR_STAGE1_CONFIG, self.profile, str(d), (*self.sets, *base), (),
+                         cfg["method"]["stage"], None, fold, seed))
+        return jid
+
+    def need_teachers(self, fold: int, seed: int, rule: str) -> tuple[Path, tuple[str, ...]]:
+        """The teachers' folder and job ids of ``rule`` for the cell, adding the jobs not yet listed
+        (in the cell of ``teacher_seed`` when one is set)."""
+        tseed = seed if self.teacher_seed is None else self.teacher_seed
+        tdir = teachers_dir(self.out, fold, tseed, rule)
+        tbase = (f"data.fold={fold}", f"run.seed={tseed}")
+        rel = TEACHER_CONFIG[rule]
+        if (fold, rule) not in self.k_cache:
+            cfg = self.load(rel, tbase)
+            counts, names = self.fold_data(cfg)
+            self.k_cache[(fold, rule)] = count_subsets(cfg, counts, names)
+        ids = []
+        for j in range(self.k_cache[(fold, rule)]):
+            d = tdir / f"subset{j}"
+            jid = _rel_id(self.out, d)
+            ids.append(jid)
+            if jid not in self.listed:
+                extra = (*tbase, f"method.subset={j}")
+                self.load(rel, extra)
+                self.add(Job(jid, rel, self.profile, str(d), (*self.sets, *extra), (), "teacher", None, fold,
+                             tseed))
+        return tdir, tuple(ids)
+
+    def add_row(self, fold: int, seed: int, row: str) -> None:
+        """Add the row's job for the cell, after its dependencies (OLTR stage 1, a rule's teachers)."""
+        spec = ROWS[row]
+        deps: list[str] = []
+        extra = [f"data.fold={fold}", f"run.seed={seed}"]
+        if spec.oltr_init:
+            oltr1 = self.need_oltr1(fold, seed)
+            deps.append(oltr1)
+            extra.append(f"method.init_from={_lit(str(Path(self.out) / oltr1))}")
+        if spec.rule is not None:
+            rule = self.ours_rule if spec.rule == OURS else spec.rule
+            tdir, tids = self.need_teachers(fold, seed, rule)
+            deps.extend(tids)
+            extra += [f"method.partition.rule={_lit(rule)}", f"method.teachers_dir={_lit(str(tdir))}"]
+        d = _cell(self.out, fold, seed) / run_dir_name(row, self.ours_rule)
+        jid = _rel_id(self.out, d)
+        if jid in self.listed:
+            return  # a row listed twice (e.g. erm in Table 3 and Table 4)
+        cfg = self.load(spec.config, extra)
+        if cfg["method"]["name"] != row:
+            raise ConfigError(f"{spec.config}: method.name must be the row name {row!r}, got "
+                              f"{cfg['method']['name']!r}")
+        self.add(Job(jid, spec.config, self.profile, str(d), (*self.sets, *extra), tuple(deps),
+                     cfg["method"]["stage"], row, fold, seed))
+
+
 def build_jobs(
     rows: Sequence[str],
     folds: Sequence[int],
@@ -241,77 +326,13 @@ def build_jobs(
         raise ValueError(f"unknown row(s) {unknown}; valid rows: {', '.join(ROWS)}")
     if ours_rule not in RULES:
         raise ValueError(f"ours_rule must be one of {RULES}, got {ours_rule!r}")
-    fold_data = fold_class_data if fold_data is None else fold_data
-    sets = tuple(sets)
-    jobs: list[Job] = []
-    k_cache: dict[tuple[int, str], int] = {}
-    listed: set[str] = set()
-
-    def load(rel: str, extra: Sequence[str]) -> dict:
-        return load_config(_config_path(rel), profile, [*sets, *extra])
-
+    plan = _JobPlan(out, profile, tuple(sets), ours_rule, fold_class_data if fold_data is None else fold_data,
+                    teacher_seed)
     for fold in folds:
         for seed in seeds:
-            cell = _cell(out, fold, seed)
-            base = (f"data.fold={fold}", f"run.seed={seed}")
-
-            def add(job: Job) -> None:
-                listed.add(job.id)
-                jobs.append(job)
-
-            def need_oltr1() -> str:
-                d = cell / "oltr_stage1"
-                jid = _rel_id(out, d)
-                if jid not in listed:
-                    cfg = load(OLTR_STAGE1_CONFIG, base)
-                    add(Job(jid, OLTR_STAGE1_CONFIG, profile, str(d), (*sets, *base), (), cfg["method"]["stage"],
-                            None, fold, seed))
-                return jid
-
-            def need_teachers(rule: str) -> tuple[Path, tuple[str, ...]]:
-                tseed = seed if teacher_seed is None else teacher_seed
-                tdir = teachers_dir(out, fold, tseed, rule)
-                tbase = (f"data.fold={fold}", f"run.seed={tseed}")
-                rel = TEACHER_CONFIG[rule]
-                if (fold, rule) not in k_cache:
-                    cfg = load(rel, tbase)
-                    counts, names = fold_data(cfg)
-                    k_cache[(fold, rule)] = count_subsets(cfg, counts, names)
-                ids = []
-                for j in range(k_cache[(fold, rule)]):
-                    d = tdir / f"subset{j}"
-                    jid = _rel_id(out, d)
-                    ids.append(jid)
-                    if jid not in listed:
-                        extra = (*tbase, f"method.subset={j}")
-                        load(rel, extra)
-                        add(Job(jid, rel, profile, str(d), (*sets, *extra), (), "teacher", None, fold, tseed))
-                return tdir, tuple(ids)
-
             for row in rows:
-                spec = ROWS[row]
-                deps: list[str] = []
-                extra = list(base)
-                if spec.oltr_init:
-                    oltr1 = need_oltr1()
-                    deps.append(oltr1)
-                    extra.append(f"method.init_from={_lit(str(Path(out) / oltr1))}")
-                if spec.rule is not None:
-                    rule = ours_rule if spec.rule == OURS else spec.rule
-                    tdir, tids = need_teachers(rule)
-                    deps.extend(tids)
-                    extra += [f"method.partition.rule={_lit(rule)}", f"method.teachers_dir={_lit(str(tdir))}"]
-                d = cell / run_dir_name(row, ours_rule)
-                jid = _rel_id(out, d)
-                if jid in listed:
-                    continue  # a row listed twice (e.g. erm in Table 3 and Table 4)
-                cfg = load(spec.config, extra)
-                if cfg["method"]["name"] != row:
-                    raise ConfigError(f"{spec.config}: method.name must be the row name {row!r}, got "
-                                      f"{cfg['method']['name']!r}")
-                add(Job(jid, spec.config, profile, str(d), (*sets, *extra), tuple(deps), cfg["method"]["stage"],
-                        row, fold, seed))
-    return jobs
+                plan.add_row(fold, seed, row)
+    return plan.jobs
 
 
 def topological_order(jobs: Sequence[Job]) -> list[Job]:
@@ -454,6 +475,109 @@ def _run_in_process(job: Job) -> bool:
     return is_finished(job)
 
 
+@dataclass
+class _SweepState:
+    """What :func:`run_jobs` and its helpers share: the sweep folder, each job's status
+    (``done`` / ``failed`` / ``blocked``), the report and the start time."""
+
+    out: Path
+    report: RunReport
+    status: dict[str, str]
+    t_start: float
+
+    def blocked(self, j: Job) -> bool:
+        """Whether a dependency of ``j`` failed or was itself not started."""
+        return any(self.status.get(d) in ("failed", "blocked") for d in j.deps)
+
+    def mark_blocked(self, j: Job) -> None:
+        self.status[j.id] = "blocked"
+        self.report.blocked.append(j.id)
+
+    def record(self, jid: str, ok: bool) -> None:
+        self.status[jid] = "done" if ok else "failed"
+        (self.report.done if ok else self.report.failed).append(jid)
+
+
+def _run_sequential(todo: Sequence[Job], state: _SweepState, in_process: bool) -> None:
+    """Run the jobs one after another, in this process (``in_process``) or each as a child process."""
+    for n, j in enumerate(todo, 1):
+        if state.blocked(j):
+            state.mark_blocked(j)
+            print(f"[sweep] ({n}/{len(todo)}) {j.id}: not started, a dependency failed", flush=True)
+            continue
+        print(f"[sweep] ({n}/{len(todo)}) {j.id}  [{time.time() - state.t_start:.0f}s]", flush=True)
+        if in_process:
+            ok = _run_in_process(j)
+        else:
+            ok = subprocess.run(job_command(j), cwd=os.getcwd()).returncode == 0 and is_finished(j)
+        state.record(j.id, ok)
+
+
+#: the child processes of a parallel sweep, by job id: (process, slot index, open log file)
+_Running = dict[str, tuple[subprocess.Popen, int, Any]]
+
+
+def _start_in_slot(j: Job, slot: int, slots: Sequence[str | None],
+                   state: _SweepState) -> tuple[subprocess.Popen, int, Any]:
+    """Start ``j`` as a child process in ``slot`` (on its GPU when the slot is one), writing to its log."""
+    env = dict(os.environ)
+    if slots[slot] is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(slots[slot])
+    log = _log_path(state.out, j)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log, "w")  # a stream, read while it grows: not an atomic artefact
+    where = f"GPU {slots[slot]}" if slots[slot] is not None else f"slot {slot}"
+    print(f"[sweep] start {j.id} on {where} (log {log})  [{time.time() - state.t_start:.0f}s]", flush=True)
+    proc = subprocess.Popen(job_command(j), stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return proc, slot, fh
+
+
+def _start_ready(pending: list[Job], free: list[int], slots: Sequence[str | None], running: _Running,
+                 state: _SweepState) -> None:
+    """Drop the pending jobs whose dependency failed, then start those whose dependencies are done,
+    in order, while a slot is free."""
+    for j in list(pending):
+        if state.blocked(j):
+            pending.remove(j)
+            state.mark_blocked(j)
+            print(f"[sweep] {j.id}: not started, a dependency failed", flush=True)
+    for j in list(pending):
+        if not free:
+            break
+        if all(state.status.get(d) == "done" for d in j.deps):
+            slot = free.pop(0)
+            running[j.id] = _start_in_slot(j, slot, slots, state)
+            pending.remove(j)
+
+
+def _poll_finished(todo: Sequence[Job], free: list[int], running: _Running, state: _SweepState) -> None:
+    """Record the running jobs that have exited, freeing their slots."""
+    for jid, (proc, slot, fh) in list(running.items()):
+        if proc.poll() is None:
+            continue
+        fh.close()
+        del running[jid]
+        free.append(slot)
+        job = next(j for j in todo if j.id == jid)
+        ok = proc.returncode == 0 and is_finished(job)
+        state.record(jid, ok)
+        print(f"[sweep] {'done' if ok else 'FAILED'} {jid} (exit {proc.returncode})  "
+              f"[{time.time() - state.t_start:.0f}s]", flush=True)
+
+
+def _run_parallel(todo: Sequence[Job], state: _SweepState, slots: Sequence[str | None], poll_s: float) -> None:
+    """Run the jobs as child processes, one per slot (a GPU, or ``None``), each as soon as its
+    dependencies are done and a slot is free; poll every ``poll_s`` seconds while none has exited."""
+    free = list(range(len(slots)))
+    running: _Running = {}
+    pending = list(todo)
+    while pending or running:
+        _start_ready(pending, free, slots, running, state)
+        _poll_finished(todo, free, running, state)
+        if running and not any(p.poll() is not None for p, _, _ in running.values()):
+            time.sleep(poll_s)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     out: str | os.PathLike[str],
@@ -474,69 +598,13 @@ def run_jobs(
             report.skipped.append(j.id)
     todo = [j for j in order if j.id not in status]
     print(f"[sweep] {len(order)} job(s): {len(report.skipped)} finished, {len(todo)} to run", flush=True)
-    t_start = time.time()
-
-    def blocked(j: Job) -> bool:
-        return any(status.get(d) in ("failed", "blocked") for d in j.deps)
-
+    state = _SweepState(out, report, status, time.time())
     parallel = bool(gpus) or jobs_at_once > 1
     if not parallel:
-        for n, j in enumerate(todo, 1):
-            if blocked(j):
-                status[j.id] = "blocked"
-                report.blocked.append(j.id)
-                print(f"[sweep] ({n}/{len(todo)}) {j.id}: not started, a dependency failed", flush=True)
-                continue
-            print(f"[sweep] ({n}/{len(todo)}) {j.id}  [{time.time() - t_start:.0f}s]", flush=True)
-            if in_process:
-                ok = _run_in_process(j)
-            else:
-                ok = subprocess.run(job_command(j), cwd=os.getcwd()).returncode == 0 and is_finished(j)
-            status[j.id] = "done" if ok else "failed"
-            (report.done if ok else report.failed).append(j.id)
-        return report
-
-    slots: list[str | None] = list(gpus) if gpus else [None] * jobs_at_once
-    free = list(range(len(slots)))
-    running: dict[str, tuple[subprocess.Popen, int, Any]] = {}
-    pending = list(todo)
-    while pending or running:
-        for j in list(pending):
-            if blocked(j):
-                pending.remove(j)
-                status[j.id] = "blocked"
-                report.blocked.append(j.id)
-                print(f"[sweep] {j.id}: not started, a dependency failed", flush=True)
-        for j in list(pending):
-            if not free:
-                break
-            if all(status.get(d) == "done" for d in j.deps):
-                slot = free.pop(0)
-                env = dict(os.environ)
-                if slots[slot] is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slots[slot])
-                log = _log_path(out, j)
-                log.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(log, "w")  # a stream, read while it grows: not an atomic artefact
-                where = f"GPU {slots[slot]}" if slots[slot] is not None else f"slot {slot}"
-                print(f"[sweep] start {j.id} on {where} (log {log})  [{time.time() - t_start:.0f}s]", flush=True)
-                proc = subprocess.Popen(job_command(j), stdout=fh, stderr=subprocess.STDOUT, env=env)
-                running[j.id] = (proc, slot, fh)
-                pending.remove(j)
-        for jid, (proc, slot, fh) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            fh.close()
-            del running[jid]
-            free.append(slot)
-            job = next(j for j in todo if j.id == jid)
-            ok = proc.returncode == 0 and is_finished(job)
-            status[jid] = "done" if ok else "failed"
-            (report.done if ok else report.failed).append(jid)
-            print(f"[sweep] {'done' if ok else 'FAILED'} {jid} (exit {proc.returncode})  "
-                  f"[{time.time() - t_start:.0f}s]", flush=True)
-        if running and not any(p.poll() is not None for p, _, _ in running.values()):
-            time.sleep(poll_s)
+        _run_sequential(todo, state, in_process)
+    else:
+        slots: list[str | None] = list(gpus) if gpus else [None] * jobs_at_once
+        _run_parallel(todo, state, slots, poll_s)
     return report
 
 
