@@ -1,10 +1,10 @@
-# Two set-up commands, both self-installing: `make test` and `make demo`.
+# Two set-up commands, both self-installing: `make test` and `make demo`; `make lint` checks style.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(PY) recipes/table3.py --profile demo

@@ -65,8 +65,9 @@ the caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -388,13 +388,13 @@ class OLTRHead(nn.Module):
     @classmethod
     def stage1(
         cls, in_channels: int, num_classes: int, feat_dim: int = OLTR_FEAT_DIM, **kwargs: object
-    ) -> "OLTRHead":
+    ) -> OLTRHead:
         """The official stage-1 head: no attention, linear classifier (``config/ImageNet_LT/stage_1.py``)."""
         return cls(  # type: ignore[arg-type]
             in_channels, num_classes, feat_dim, use_attention=False, use_meta=False, **kwargs
         )
 
-    def to_stage2(self, feature_size: int | tuple[int, int] | None = None) -> "OLTRHead":
+    def to_stage2(self, feature_size: int | tuple[int, int] | None = None) -> OLTRHead:
         """A new stage-2 head (attention + meta-embedding) initialised from this stage-1 head.
 
         Copies the projection ``fc_add`` (and the attention, if this head has one of the same size),

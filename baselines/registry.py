@@ -21,7 +21,8 @@ only when ``"oltr"`` is built.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 

@@ -64,7 +64,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -39,8 +39,8 @@ from torch import nn
 
 from rskd_loss.validation import (
     as_class_counts,
-    check_logits_targets,
     check_int,
+    check_logits_targets,
     check_probability,
     check_reduction,
     reduce_loss,

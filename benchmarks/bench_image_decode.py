@@ -9,7 +9,6 @@ fundus photograph). A benchmark, not a test.
 """
 from __future__ import annotations
 
-import io
 import json
 import statistics
 import sys
@@ -36,6 +35,7 @@ def mmcv_rgb(path: str) -> np.ndarray:
 
 def main() -> dict:
     import mmcv  # noqa: F401  (fail early when the recipes extra is missing)
+
     from recipes.data.synthetic import render_fundus
 
     tmp = Path(tempfile.mkdtemp())
@@ -55,8 +55,9 @@ def main() -> dict:
                 fn(path)
                 times[key].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        results[name] = {"pil_ms": med["pil"] * 1e3, "mmcv_ms": med["mmcv"] * 1e3, "pil_over_mmcv": med["pil"] / med["mmcv"]}
-        print(f"{name:<10} PIL {med['pil'] * 1e3:8.3f} ms   mmcv {med['mmcv'] * 1e3:8.3f} ms   PIL/mmcv {med['pil'] / med['mmcv']:.2f}")
+        pil, mm = med["pil"], med["mmcv"]
+        results[name] = {"pil_ms": pil * 1e3, "mmcv_ms": mm * 1e3, "pil_over_mmcv": pil / mm}
+        print(f"{name:<10} PIL {pil * 1e3:8.3f} ms   mmcv {mm * 1e3:8.3f} ms   PIL/mmcv {pil / mm:.2f}")
     print(json.dumps(results))
     return results
 

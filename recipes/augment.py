@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from recipes.data.transforms import AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD
-
 
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
@@ -52,7 +51,8 @@ class BatchAugment(nn.Module):
       into one colour matrix per sample and clamped to [0, 1] once at the end (torchvision clamps
       after each of the three: they differ only where a pixel passes 0 or 1 half-way).
 
-    Crop, flips and rotation are one affine map per sample, sampled bilinearly (``grid_sample``): output pixel ``p`` (normalised to [-1, 1]) reads the input at
+    Crop, flips and rotation are one affine map per sample, sampled bilinearly (``grid_sample``):
+    output pixel ``p`` (normalised to [-1, 1]) reads the input at
     ``R(theta) diag(w f_x, h f_y) p + c``. Defaults: ``recipes.data.transforms.AUGMENTATION``, the ranges of
     the CPU pipeline ``train_transform``, hue jitter left out. Evaluation (``train=False``) only converts and
     normalises (the loader already resized and centre-cropped). ``rand=None`` draws from torch's

@@ -9,7 +9,8 @@ channels_last on GPU, fp32 + channels_last on CPU.
 
 (a) **model-only training step** on random uint8 images already on the device:
     ``recipes.augment.BatchAugment`` (train=True) -> ``recipes.trainer.train_step`` of a BCE task (model,
-    loss, backward, Adam step; fused on CUDA, foreach on CPU, as the trainer), in images/s, for fp32; fp32 + channels_last;
+    loss, backward, Adam step; fused on CUDA, foreach on CPU, as the trainer), in images/s, for fp32;
+    fp32 + channels_last;
     bf16 autocast + channels_last (GPU only); and ``torch.compile`` of the model in the reference
     setting (GPU by default; ``--compile`` on CPU). The cases alternate step by step.
 (b) **student step**: ``WeightedSubsetKDLoss(BCE)`` with teacher logits looked up in a
@@ -61,9 +62,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -185,7 +187,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(a, key) is None:
             setattr(a, key, value)
     if a.images < 8:
-        parser.error(f"argument --images: must be at least 8 (the synthetic label generator needs them), got {a.images}")
+        parser.error(f"argument --images: must be at least 8 (the synthetic label generator needs them), "
+                     f"got {a.images}")
     if a.size < 28 and a.model == "small_cnn":
         parser.error(f"argument --size: small_cnn halves the image four times; use --size >= 28, got {a.size}")
     bad = [k for k in a.teachers if k > a.classes]

@@ -7,7 +7,8 @@ import math
 import os
 import signal
 import sys
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +84,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def plain_config(cfg: Mapping) -> dict:
+    """The config as a checkpoint stores it (tuples as lists), for comparing a resumed run's."""
+    return json.loads(json.dumps(cfg, default=list))
 
 
 # keys that may change between a run and its --resume: they do not change what is computed

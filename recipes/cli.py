@@ -8,7 +8,8 @@ permission, read-only). Everything else is a bug, and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

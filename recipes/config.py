@@ -18,8 +18,9 @@ from __future__ import annotations
 import ast
 import copy
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -37,7 +37,7 @@ with symmetric padding instead, the logits would differ by up to 3.7.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -22,9 +22,10 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from itertools import product
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -224,7 +225,8 @@ def pooled_section(sw: _Sweep, rows: Sequence[str], pairs: Sequence[tuple[str, s
         for i, gr in enumerate(GROUPS):
             recs.append({"kind": "row", "row": r, "reference": "", "seed": "mean", "group": gr, "n": len(g),
                          "value": 100 * np.mean(g[:, i]) if len(g) else math.nan,
-                         "sd": 100 * np.std(g[:, i], ddof=1) if len(g) > 1 else math.nan, "lo": math.nan, "hi": math.nan})
+                         "sd": 100 * np.std(g[:, i], ddof=1) if len(g) > 1 else math.nan,
+                         "lo": math.nan, "hi": math.nan})
     t0 = time.perf_counter()
     boot = bootstrap_group_maps({k: v[1:] for k, v in data.items()}, counts, thresholds, n_boot) if data else {}
     seconds = time.perf_counter() - t0
@@ -325,7 +327,8 @@ def kd_weight_section(sw, rows, folds, seeds, thresholds) -> list[dict]:
 
 
 def grad_ratio_section(sw, rows, folds, seeds, thresholds) -> list[dict]:
-    """Per student row and group: mean(grad_kd[group]) / mean(grad_base[group]) at the first and last epoch, mean over cells."""
+    """Per student row and group: mean(grad_kd[group]) / mean(grad_base[group]) at the first and last
+    epoch, mean over cells."""
     acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r, counts, lines in student_runs(sw, rows, folds, seeds, "grad_kd"):
         groups = {**shot_groups(counts, tuple(thresholds)), "total": np.arange(counts.size)}
@@ -337,9 +340,9 @@ def grad_ratio_section(sw, rows, folds, seeds, thresholds) -> list[dict]:
     out = []
     for r in dict.fromkeys(k[0] for k in acc):
         for g in GROUPS:
-            f, l = acc.get((r, g, "first"), []), acc.get((r, g, "last"), [])
-            out.append({"row": r, "group": g, "first": _nanmean(f) if f else math.nan,
-                        "last": _nanmean(l) if l else math.nan, "cells": len(l)})
+            first, last = acc.get((r, g, "first"), []), acc.get((r, g, "last"), [])
+            out.append({"row": r, "group": g, "first": _nanmean(first) if first else math.nan,
+                        "last": _nanmean(last) if last else math.nan, "cells": len(last)})
     return out
 
 
@@ -453,11 +456,14 @@ def _pooled_files(sw: _Sweep, rows: Sequence[str], comps: list, folds: Sequence[
          **{f"test_positives_seed{s}": int(ap[(baseline, s)][1][c]) for s in seeds_ok}} for c in range(counts.size)])}
     files["pooled.md"] = (
         _md("**2. Pooled over folds.** Test mAP (points) on each seed's predictions concatenated over all folds "
-            "(every image once), mean ± sd over seeds; groups by the mean ERM training count.", ["row", "seeds", *GROUPS],
-            _pivot([x for x in pooled if x["kind"] == "row"], ("row", "n"), lambda x: f"{_f(x['value'])} ± {_f(x['sd'])}"))
+            "(every image once), mean ± sd over seeds; groups by the mean ERM training count.",
+            ["row", "seeds", *GROUPS],
+            _pivot([x for x in pooled if x["kind"] == "row"], ("row", "n"),
+                   lambda x: f"{_f(x['value'])} ± {_f(x['sd'])}"))
         + "\n" + _md(f"Pooled difference row minus reference (points), mean over seeds [95% paired bootstrap interval, "
                      f"{n_boot} image resamples shared by rows and seeds, {secs:.1f} s]; per-seed intervals in "
-                     "pooled.csv, test positives per class in pooled_counts.csv.", ["row", "reference", "seeds", *GROUPS],
+                     "pooled.csv, test positives per class in pooled_counts.csv.",
+                     ["row", "reference", "seeds", *GROUPS],
                      _pivot([x for x in pooled if x["kind"] == "pair" and x["seed"] == "mean"],
                             ("row", "reference", "n"), lambda x: _interval(x, "value"))))
     teach = teacher_section(sw, folds, seeds, baseline, group_of)

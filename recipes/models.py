@@ -12,15 +12,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from recipes import efficientnet_lite
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead
-from recipes import efficientnet_lite
 
 
 class ModelError(ValueError):
@@ -38,8 +39,8 @@ def small_cnn_backbone(width: int = 32, norm: str = "batch") -> nn.Module:
     layers: list[nn.Module] = []
     c_in = 3
     for c_out in (width, 2 * width, 4 * width, 4 * width):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(4, c_out),
-                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        normalise = nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(4, c_out)
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), normalise, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         c_in = c_out
     return nn.Sequential(*layers)
 

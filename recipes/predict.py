@@ -1,7 +1,8 @@
 """Predictions of a model on a loader (gathered over ranks) and the validation loss."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,7 +11,7 @@ there, and only then removes the temporary files a killed predecessor left::
 The lock file is JSON, written completely before it becomes visible (a temporary file hard-linked to
 ``.lock``; ``link`` fails if ``.lock`` exists, atomically)::
 
-    {"pid": 4242, "host": "node7", "started": "2026-12-02T02:19:55+00:00", "started_unix": 1796..., 
+    {"pid": 4242, "host": "node7", "started": "2026-12-02T02:19:55+00:00", "started_unix": 1796...,
      "process_start": "183734", "command": "python recipes/train.py ...", "token": "9f3c..."}
 
 A second process on the same folder:
@@ -57,8 +57,9 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "read_lock"]
 
@@ -212,7 +213,7 @@ class RunLock:
         return "alive"
 
     # -- acquire / release --------------------------------------------------------------------
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock (see the module doc); raises :class:`RunLockedError` if another process holds it."""
         if self.held:
             raise RuntimeError(f"{self.path}: this RunLock already holds the lock")
@@ -288,7 +289,7 @@ class RunLock:
             print(f"run lock: {self.path} is no longer ours (now: "
                   f"{_describe(owner) if owner else 'no readable lock'}); left as it is", file=sys.stderr)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from recipes.checkpoints import json_default
 from rskd_loss.fileio import atomic_write_text

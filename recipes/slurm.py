@@ -44,9 +44,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from rskd_loss.fileio import atomic_write_text
 
@@ -186,7 +187,7 @@ def export_torch_env() -> dict[str, str]:
     """torchrun's variables from submitit's job environment (one task per GPU), exported; returns them.
 
     ``CUDA_VISIBLE_DEVICES`` is left as SLURM set it: ``LOCAL_RANK`` picks the task's GPU among the
-    node's, as under torchrun (recipes/engine.py ``setup_distributed``).
+    node's, as under torchrun (``recipes.distributed.setup_distributed``).
     """
     from submitit.helpers import TorchDistributedEnvironment
 
@@ -364,18 +365,11 @@ def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOp
 def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
               poll_s: float = 0.5) -> Any:
     """Run the unfinished jobs with submitit's local executor in dependency order; a ``RunReport``."""
-    from recipes.table3 import RunReport, is_finished, topological_order
+    from recipes.table3 import is_finished, unfinished_jobs
 
     submitit = _submitit()
     out = Path(out)
-    order = topological_order(jobs)
-    report = RunReport()
-    status: dict[str, str] = {}
-    for j in order:
-        if is_finished(j):
-            status[j.id] = "done"
-            report.skipped.append(j.id)
-    pending = [j for j in order if j.id not in status]
+    order, report, status, pending = unfinished_jobs(jobs)
     print(f"[local] {len(order)} job(s): {len(report.skipped)} finished, {len(pending)} to run "
           f"(submitit local executor, logs in {out / 'submitit_local'}/<pid>/)", flush=True)
     running: dict[str, Any] = {}

@@ -66,9 +66,10 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -578,6 +579,15 @@ def _run_parallel(todo: Sequence[Job], state: _SweepState, slots: Sequence[str |
             time.sleep(poll_s)
 
 
+def unfinished_jobs(jobs: Sequence[Job]) -> tuple[list[Job], RunReport, dict[str, str], list[Job]]:
+    """(jobs in dependency order, a report listing the finished ones as skipped, their status, the rest)."""
+    order = topological_order(jobs)
+    report = RunReport()
+    status = {j.id: "done" for j in order if is_finished(j)}
+    report.skipped.extend(status)
+    return order, report, status, [j for j in order if j.id not in status]
+
+
 def run_jobs(
     jobs: Sequence[Job],
     out: str | os.PathLike[str],
@@ -588,15 +598,8 @@ def run_jobs(
     poll_s: float = 0.5,
 ) -> RunReport:
     """Run the unfinished jobs in dependency order; see the module doc for the three modes."""
-    order = topological_order(jobs)
+    order, report, status, todo = unfinished_jobs(jobs)
     out = Path(out)
-    report = RunReport()
-    status: dict[str, str] = {}
-    for j in order:
-        if is_finished(j):
-            status[j.id] = "done"
-            report.skipped.append(j.id)
-    todo = [j for j in order if j.id not in status]
     print(f"[sweep] {len(order)} job(s): {len(report.skipped)} finished, {len(todo)} to run", flush=True)
     state = _SweepState(out, report, status, time.time())
     parallel = bool(gpus) or jobs_at_once > 1
@@ -911,7 +914,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect-only", action="store_true", help="only collect the tables and figures")
     p.add_argument("--no-figures", action="store_true", help="collect the tables only")
     p.add_argument("--evidence", action="store_true", help="also write evidence/ (recipes/evidence.py)")
-    p.add_argument("--pair", action="append", default=[], metavar="ROW:REF", help="--evidence: compare ROW with REF too")
+    p.add_argument("--pair", action="append", default=[], metavar="ROW:REF",
+                   help="--evidence: compare ROW with REF too")
     return p
 
 

@@ -19,9 +19,10 @@ epoch-end work. The trainer owns everything else and never asks which method it 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,7 @@ from recipes.distributed import mean_over_ranks
 from recipes.fold_data import make_dataset, make_loader
 from recipes.models import build_model
 from recipes.predict import predict
-from recipes.teacher_sources import (OnlineTeachers, bank_teachers, check_same_data, load_teachers,
-                                     make_partition)
+from recipes.teacher_sources import OnlineTeachers, bank_teachers, check_same_data, load_teachers, make_partition
 from recipes.views import View
 from rskd_loss import WeightedSubsetKDLoss
 from rskd_loss.baselines import build_criterion
@@ -203,7 +203,7 @@ class StudentTask:
     def __init__(self, inner: SupervisedTask, kd: WeightedSubsetKDLoss, *, mode: str = "bank",
                  dynamic_weights: bool = True, teacher_logits: TeacherLogits | None = None) -> None:
         self.inner, self.kd, self.mode, self.dynamic_weights = inner, kd, mode, dynamic_weights
-        self.teacher_logits, self.updater = teacher_logits, None
+        self.teacher_logits, self.updater, self.teachers = teacher_logits, None, None
         self.name, self.columns, self.train_positions = inner.name, inner.columns, inner.train_positions
         self.measure_grads, self.grad_sum, self.grad_count = False, None, 0
 
@@ -217,7 +217,7 @@ class StudentTask:
         val = predict(teachers, ctx.eval_loader(View(make_dataset(ctx.cfg, ctx.data, "val"))), ctx.device,
                       ctx.augment, ctx.amp, ctx.world)
         self.updater = KDWeightUpdater(self.kd, average_precision_per_class(val["logits"], val["targets"]))
-        self.teachers = teachers  # kept in eval mode by SubsetTeachers
+        self.teachers = teachers  # frozen, in eval mode (SubsetTeachers)
         self.teacher_logits = (bank_teachers(ctx, teachers, partition, hashes) if self.mode == "bank"
                                else OnlineTeachers(teachers, ctx.amp))
         return model

@@ -20,12 +20,11 @@ Outputs in the run folder: ``config.json`` and those of the trainer (``metrics.j
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,8 +33,14 @@ import numpy as np
 import torch
 
 from recipes.augment import BatchAugment
+from recipes.checkpoints import (
+    atomic_write_json,
+    config_differences,
+    load_checkpoint,
+    plain_config,
+    remove_stale_temporaries,
+)
 from recipes.cli import run_command
-from recipes.checkpoints import atomic_write_json, config_differences, load_checkpoint, remove_stale_temporaries
 from recipes.config import ConfigError, load_config
 from recipes.distributed import setup_distributed, teardown_distributed
 from recipes.fold_data import prepare_data
@@ -100,7 +105,7 @@ def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
 def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: torch.device) -> dict:
     r = cfg["run"]
     seed_everything(r["seed"] + rank, r["deterministic"])
-    saved = resume_state(out_dir, json.loads(json.dumps(cfg, default=list))) if resume else None
+    saved = resume_state(out_dir, plain_config(cfg)) if resume else None
     if rank == 0:
         stale = remove_stale_temporaries(out_dir)
         if stale:

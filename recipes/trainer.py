@@ -13,15 +13,23 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from recipes.augment import keyed_uniforms
-from recipes.checkpoints import (CHECKPOINT_VERSION, atomic_torch_save, atomic_write_json, fault_point,
-                                 load_checkpoint, nan_to_none)
+from recipes.checkpoints import (
+    CHECKPOINT_VERSION,
+    atomic_torch_save,
+    atomic_write_json,
+    fault_point,
+    load_checkpoint,
+    nan_to_none,
+    plain_config,
+)
 from recipes.distributed import barrier, mean_over_ranks
 from recipes.fold_data import make_dataset, make_loader
 from recipes.predict import bce_value, predict
@@ -74,7 +82,7 @@ class Trainer:
         self.class_counts = data["train_counts"][self.columns]
         self.thresholds = tuple(cfg["method"]["partition"]["thresholds"])
         self.channels_last = self.run_cfg["channels_last"] in ("auto", True)  # faster on GPU and, measured, CPU
-        self.plain_cfg = _plain(cfg)
+        self.plain_cfg = plain_config(cfg)
         self._make_loaders()
         torch.manual_seed(self.run_cfg["seed"] + ctx.rank)  # the initialisation does not depend on data preparation
         self.model = self._make_model()
@@ -275,7 +283,8 @@ class Trainer:
                   "device": str(ctx.device), **self.task.result(), "seconds": time.time() - started}
         for part, res in parts.items():
             groups = group_scores(res["ap"], self.class_counts, self.thresholds)
-            result[part] = {"ap": nan_to_none(res["ap"]), "map": {k: (None if v != v else v) for k, v in groups.items()}}
+            result[part] = {"ap": nan_to_none(res["ap"]),
+                            "map": {k: (None if v != v else v) for k, v in groups.items()}}
         if ctx.main:
             self._write_predictions(parts)
             atomic_write_json(out_dir / "result.json", result)
@@ -292,9 +301,3 @@ class Trainer:
         np.savez(buf, **arrays)
         atomic_write_bytes(self.ctx.out_dir / "predictions.npz", buf.getvalue())
 
-
-def _plain(cfg: Mapping) -> dict:
-    """The config as a checkpoint stores it (tuples as lists)."""
-    import json
-
-    return json.loads(json.dumps(cfg, default=list))

@@ -5,9 +5,9 @@ their logits cached in a :class:`TeacherLogitBank`) -> :class:`WeightedSubsetKDL
 criterion -> per-class AP (:mod:`rskd_loss.metrics`) -> :meth:`WeightedSubsetKDLoss.update_weights`.
 :mod:`rskd_loss.workflow` puts these steps into a training loop of your own.
 """
+from .fileio import file_sha256
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
 from .partition import Partition, SubsetPartitioner, TeacherView
-from .fileio import file_sha256
 from .teachers import SubsetTeachers, TeacherLogitBank
 from .weights import KDWeightSchedule, kd_weights
 from .workflow import (

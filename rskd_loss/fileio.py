@@ -24,8 +24,8 @@ import hashlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["DiskWriteError", "LOW_SPACE_BYTES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "file_sha256", "disk_write_error", "reserve_space"]

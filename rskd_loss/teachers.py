@@ -9,7 +9,8 @@ import contextlib
 import json
 import os
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class SubsetTeachers(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "SubsetTeachers":
+    def train(self, mode: bool = True) -> SubsetTeachers:
         """Teachers stay in eval mode whatever ``mode`` is asked for."""
         return super().train(False)
 
@@ -241,7 +242,7 @@ class TeacherLogitBank:
         if problems:
             raise ValueError(f"{self.path}: teacher-logit bank does not match this run: " + "; ".join(problems))
 
-    def to(self, device: torch.device | str) -> "TeacherLogitBank":
+    def to(self, device: torch.device | str) -> TeacherLogitBank:
         """Copy the whole bank (N*C*2 bytes, e.g. 5 MB for 56,000 x 48) to ``device`` once; returns self."""
         self._device_copy = torch.from_numpy(np.array(self._array)).to(device)
         return self
@@ -290,9 +291,12 @@ class TeacherLogitBank:
         teacher_hashes: Sequence[str] = (),
         dataset: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> "TeacherLogitBank":
+    ) -> TeacherLogitBank:
         """Write (N, C) logits and their header atomically to ``path`` and open the result."""
-        arr = logits.detach().to("cpu", torch.float32).numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+        if isinstance(logits, torch.Tensor):
+            arr = logits.detach().to("cpu", torch.float32).numpy()
+        else:
+            arr = np.asarray(logits)
         if arr.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, C), got shape {arr.shape}")
         with _bank_writer(path, arr.shape[0], class_names=class_names, partition=partition,
@@ -328,7 +332,7 @@ class TeacherLogitBank:
         dataset: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         autocast_dtype: torch.dtype | None = None,
-    ) -> "TeacherLogitBank":
+    ) -> TeacherLogitBank:
         """Run ``teachers`` (e.g. :class:`SubsetTeachers`) over ``loader`` once and write the bank.
 
         ``loader`` yields ``(images, targets, indices)`` batches (the data sets of ``recipes/data``);

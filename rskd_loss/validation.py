@@ -16,10 +16,9 @@ import contextlib
 import math
 import operator
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-
 import torch
 
 __all__ = [

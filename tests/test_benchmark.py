@@ -12,8 +12,7 @@ import re
 import pytest
 
 from recipes import benchmark
-from recipes.benchmark import (TARGET_BANK_RATIO, TARGET_E2E_IMAGES_PER_S, TARGET_E2E_RATIO,
-                               TARGET_TEACHER_SLOPE, main)
+from recipes.benchmark import TARGET_BANK_RATIO, TARGET_E2E_IMAGES_PER_S, TARGET_E2E_RATIO, TARGET_TEACHER_SLOPE, main
 
 REL = 1e-9
 

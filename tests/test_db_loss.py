@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _loss_helpers import random_batch, value_and_grad
+
 from rskd_loss.baselines.bce import bce_loss
 from rskd_loss.baselines.db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
 

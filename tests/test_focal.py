@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _loss_helpers import random_batch, value_and_grad
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from _loss_helpers import random_batch, value_and_grad
 from rskd_loss.baselines.bce import MultiLabelBCELoss, bce_loss
 from rskd_loss.baselines.focal import FocalLoss, sigmoid_focal_loss
 

@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 
+import lightning.pytorch as pl
 import pytest
 import torch
-
-import lightning.pytorch as pl
-from _lightning_helpers import C, TEACHER_AP, Student, loaders, make_bank, trainer
+from _lightning_helpers import TEACHER_AP, C, Student, loaders, make_bank, trainer
 
 from rskd_loss import kd_weights
 from rskd_loss.integrations.lightning import RSKDWeightCallback

@@ -11,7 +11,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import BaseModule
@@ -20,10 +19,9 @@ from mmpretrain.registry import HOOKS, MODELS
 from PIL import Image
 from torch import nn
 
-from rskd_loss.baselines import FocalLoss
 from rskd_loss import KDWeightUpdater, Partition, TeacherLogitBank, WeightedSubsetKDLoss, kd_weights
-from rskd_loss.integrations.mmpretrain import (
-    RSKDMultiLabelClsHead, RSKDWeightedSubsetKDLoss, RSKDWeightHook)
+from rskd_loss.baselines import FocalLoss
+from rskd_loss.integrations.mmpretrain import RSKDMultiLabelClsHead, RSKDWeightedSubsetKDLoss, RSKDWeightHook
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mmpretrain",
                        "rskd_example.py")

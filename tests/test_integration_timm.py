@@ -7,9 +7,8 @@ Needs the `timm` extra (in `dev`): not skipped when it is missing.
 from __future__ import annotations
 
 import pytest
-import torch
-
 import timm
+import torch
 from timm.data import Mixup
 from timm.data.loader import fast_collate
 from timm.loss import AsymmetricLossMultiLabel, BinaryCrossEntropy

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _loss_helpers import random_batch, value_and_grad
+
 from rskd_loss.baselines.bce import bce_loss
 from rskd_loss.baselines.ldam import LDAMLoss, NormedLinear, ldam_loss, ldam_margins
 from rskd_loss.baselines.reweight import class_weights

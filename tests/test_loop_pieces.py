@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from recipes.augment import BatchAugment, keyed_uniforms
 from recipes.checkpoints import remove_stale_temporaries
+from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from recipes.views import ResumableSampler
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

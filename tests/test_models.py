@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
+from recipes.models import ModelError, build_model
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
-from recipes.models import ModelError, build_model
 
 
 def test_small_cnn_heads() -> None:

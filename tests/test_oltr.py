@@ -273,7 +273,7 @@ def test_gradcheck_float64() -> None:
     c = torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     for margin in (10.0, 0.5):  # hinge active (mean distance < 10) and inactive (> 0.5)
         for reduction in ("mean", "sum", "none"):
-            def fn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+            def fn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, margin=margin, reduction=reduction) -> torch.Tensor:
                 return oltr_loss(a, y, b, d, margin=margin, feature_loss_weight=0.7, reduction=reduction)
 
             assert torch.autograd.gradcheck(fn, (z, v, c))

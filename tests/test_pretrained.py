@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rskd_loss.baselines.ldam import NormedLinear
-from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 from recipes.config import ConfigError, load_config
 from recipes.data.transforms import eval_transform
 from recipes.efficientnet_lite import NUM_STAGES
 from recipes.models import ModelError, build_model, efficientnet_lite0_imagenet, efficientnet_lite0_weights
+from rskd_loss.baselines.ldam import NormedLinear
+from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 
 DATA = Path(__file__).parent / "data"
 LITE0 = {"name": "efficientnet_lite0", "pretrained": True, "weights_path": None}

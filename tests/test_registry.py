@@ -1,7 +1,6 @@
 """Name -> criterion registry: baselines/registry.py."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

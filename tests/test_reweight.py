@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _loss_helpers import random_batch, value_and_grad
+
 from rskd_loss.baselines.bce import bce_loss
 from rskd_loss.baselines.reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_bce_loss
 

@@ -241,7 +241,8 @@ def test_torch_env_from_the_slurm_job_environment(monkeypatch):
                  "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_NODELIST": "gpu[07-08]"}.items():
         monkeypatch.setenv(k, v)
     for k in (*slurm.TORCH_ENV, "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "")  # recorded, so that teardown removes what export_torch_env sets
+        monkeypatch.delenv(k)
     env = slurm.export_torch_env()
     assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
         "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "gpu07"}

@@ -19,8 +19,22 @@ import pytest
 
 from recipes import table3
 from recipes.config import CONFIG_DIR, ConfigError, load_config
-from recipes.table3 import (OURS, ROWS, TABLE3_ROWS, TABLE4_ROWS, Job, SweepError, build_jobs, collect_table,
-                            is_finished, run_dir_name, run_jobs, teachers_dir, topological_order, write_table)
+from recipes.table3 import (
+    OURS,
+    ROWS,
+    TABLE3_ROWS,
+    TABLE4_ROWS,
+    Job,
+    SweepError,
+    build_jobs,
+    collect_table,
+    is_finished,
+    run_dir_name,
+    run_jobs,
+    teachers_dir,
+    topological_order,
+    write_table,
+)
 
 PROFILES = sorted(p.stem for p in (CONFIG_DIR / "profiles").glob("*.py"))
 METHOD_CONFIGS = sorted(p for d in ("table3", "table4") for p in (CONFIG_DIR / d).glob("*.py"))

@@ -37,9 +37,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -398,4 +399,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except (DiskWriteError, FileNotFoundError, ValueError) as exc:  # one line that says what to fix
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

@@ -17,9 +17,10 @@ Decisions where the brief was silent (each one documented where it applies):
   column other than the image column whose values are *all* 0 or 1 is a label; every other column
   (a patient's age, a free-text note, a 0/1/2 quality grade) is left out. A column that is 0/1 in
   all but at most 1 % of its rows looks like a label column with a bad value and is refused, naming
-  the cell, rather than dropped with the whole class. Nothing is left out silently: :attr:`LabelTable.skipped_columns` lists them with the first
-  offending cell, and :func:`label_columns_message` is the one line the recipes print
-  ("labels: took 16 column(s) ...; skipped 2 ..."). A 0/1 metadata column (sex as 0/1, a left-eye
+  the cell, rather than dropped with the whole class. Nothing is left out silently:
+  :attr:`LabelTable.skipped_columns` lists them with the first offending cell, and
+  :func:`label_columns_message` is the one line the recipes print ("labels: took 16 column(s) ...;
+  skipped 2 ..."). A 0/1 metadata column (sex as 0/1, a left-eye
   flag) cannot be told from a label: choose the labels explicitly then.
 * Explicit ``class_names`` (the recipes' ``data.class_names``) or ``label_columns`` choose the label
   columns; every other column is ignored, and a named column with a value other than 0/1 is an error
@@ -43,9 +44,10 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -386,7 +388,7 @@ def _refuse_nearly_label_columns(path: Path, candidates: Sequence[str], bad: Seq
                                f"with data.class_names (class_names=) to leave this column out")
 
 
-def load_rgb_image(path: str | os.PathLike[str]) -> "Any":
+def load_rgb_image(path: str | os.PathLike[str]) -> Any:
     """Decode an image file, fully, and return it as an RGB ``PIL.Image``.
 
     Decoded with mmcv's ``imread`` (OpenCV; the ``mmcv-lite`` distribution of the recipes extra) when

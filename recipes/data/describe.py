@@ -37,13 +37,15 @@ import argparse
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from rskd_loss.metrics import GROUPS, shot_group_of
+
 from .csv_dataset import LabelTable, label_columns_message, read_label_csv
 
 __all__ = [
@@ -357,4 +359,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except (ValueError, OSError) as exc:  # CSVDataError, FileExistsError, DiskWriteError: one line
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

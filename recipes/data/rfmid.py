@@ -30,12 +30,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from rskd_loss.fileio import atomic_write_text
+
 from .csv_dataset import CSVDataError, MultiLabelCSVDataset, read_label_csv
 
 __all__ = [

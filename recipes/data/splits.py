@@ -43,9 +43,10 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -418,4 +419,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except (ValueError, OSError) as exc:  # CSVDataError, SplitsMismatchError, DiskWriteError, not found
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

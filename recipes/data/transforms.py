@@ -28,7 +28,7 @@ Resizing is bilinear with antialiasing (the torchvision reference's default inte
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2

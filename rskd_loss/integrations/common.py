@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import numpy as np
 import torch
 import torch.distributed as dist

@@ -37,7 +37,8 @@ Example (a complete run on random data is in ``tests/test_integration_lightning.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch

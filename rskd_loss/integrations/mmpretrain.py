@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from mmengine.hooks import Hook
