@@ -55,6 +55,7 @@ class RunContext:
     augment: nn.Module
     out_dir: Path
     resuming: bool
+    val_loader: Any = None  # the run's validation loader (set by the trainer before the task builds)
 
     @property
     def main(self) -> bool:
@@ -214,8 +215,7 @@ class StudentTask:
     def build(self, ctx: RunContext) -> nn.Module:
         model = self.inner.build(ctx)
         teachers, partition, hashes = load_teachers(ctx.cfg, ctx.data, ctx.device)
-        val = predict(teachers, ctx.eval_loader(View(make_dataset(ctx.cfg, ctx.data, "val"))), ctx.device,
-                      ctx.augment, ctx.amp, ctx.world)
+        val = predict(teachers, ctx.val_loader, ctx.device, ctx.augment, ctx.amp, ctx.world)
         self.updater = KDWeightUpdater(self.kd, average_precision_per_class(val["logits"], val["targets"]))
         self.teachers = teachers  # frozen, in eval mode (SubsetTeachers)
         self.teacher_logits = (bank_teachers(ctx, teachers, partition, hashes) if self.mode == "bank"

@@ -36,19 +36,25 @@ def make_partition(cfg: Mapping, class_counts: Sequence[int], class_names: Seque
     if p["rule"] == "feature" and p["num_subsets"] is not None:
         raise ConfigError("method.partition: the feature rule by embedding clustering needs class "
                           "embeddings; the recipes use the prior's phenotype groups (set method.partition.prior)")
-    kw: dict[str, Any] = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # a prior's warnings too ("groups nothing")
         warnings.simplefilter("always")
         if needs_prior(cfg):
-            try:
-                kw = {"prior": resolve_prior(p["prior"], class_names, default=default_prior(cfg["data"]["dataset"]),
-                                             data=str(Path(cfg["data"]["root"]) / cfg["data"]["csv"]))}
-            except PriorError as exc:
-                raise ConfigError(str(exc)) from None
+            kw: dict[str, Any] = {"prior": _prior(cfg, class_names)}
+        else:
+            kw = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
         part = SubsetPartitioner(p["rule"], **kw).partition(class_counts=class_counts, class_names=class_names)
     for w in caught:
         print(f"partition: {w.message}", file=sys.stderr)
     return part
+
+
+def _prior(cfg: Mapping, class_names: Sequence[str]) -> dict:
+    d = cfg["data"]
+    try:
+        return resolve_prior(cfg["method"]["partition"]["prior"], class_names, default=default_prior(d["dataset"]),
+                             data=str(Path(d["root"]) / d["csv"]))
+    except PriorError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_same_data(ckpt: Path, data: Mapping) -> dict:

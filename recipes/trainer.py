@@ -110,6 +110,7 @@ class Trainer:
                                         sampler_kind=cfg["method"]["sampler"], targets=targets,
                                         seed=self.run_cfg["seed"])
         self.val_loader, self.test_loader = (ctx.eval_loader(view[p]) for p in ("val", "test"))
+        ctx.val_loader = self.val_loader
 
     def _make_model(self) -> nn.Module:
         model = self.task.build(self.ctx)
