@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recipes.config import ConfigError
 from rskd_loss.fileio import atomic_write_text
 
 __all__ = ["ACTIVE_STATES", "JOBS_FILE", "SlurmOptions", "SubmitReport", "TrainTask", "add_arguments",
@@ -67,8 +68,8 @@ def _submitit() -> Any:
     try:
         import submitit
     except ImportError as exc:  # an optional extra
-        raise SystemExit("error: --launcher needs submitit: pip install 'rskd_loss[slurm]' "
-                         "(or pip install submitit)") from exc
+        raise ConfigError("--launcher needs submitit: pip install 'rskd_loss[slurm]' "
+                          "(or pip install submitit)") from exc
     return submitit
 
 
@@ -117,10 +118,10 @@ def options_from_args(a: argparse.Namespace) -> SlurmOptions:
     for item in a.slurm_param:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --slurm-param must be KEY=VALUE (e.g. qos=high), got {item!r}")
+            raise ConfigError(f"--slurm-param must be KEY=VALUE (e.g. qos=high), got {item!r}")
         extra[key.strip().lstrip("-")] = value
     if a.slurm_gpus_per_node < 0 or a.slurm_nodes < 1 or a.slurm_time < 1:
-        raise SystemExit(f"error: expected --slurm-gpus-per-node >= 0, --slurm-nodes >= 1 and --slurm-time >= 1, "
+        raise ConfigError(f"expected --slurm-gpus-per-node >= 0, --slurm-nodes >= 1 and --slurm-time >= 1, "
                          f"got {a.slurm_gpus_per_node}, {a.slurm_nodes} and {a.slurm_time}")
     return SlurmOptions(partition=a.slurm_partition, gpus_per_node=a.slurm_gpus_per_node, nodes=a.slurm_nodes,
                         time_min=a.slurm_time, account=a.slurm_account, constraint=a.slurm_constraint,
