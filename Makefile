@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo bench lint install clean
+.PHONY: test test-lib demo bench lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,19 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the library tier: the loss math and the library's own doctests; needs only `pip install -e .` and
+# the test runner (pytest, hypothesis), not the recipes' or the frameworks' packages
+test-lib: $(STAMP)
+	$(PY) -m pytest -q tests/lib rskd_loss baselines
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) recipes/table3.py --profile demo
+	$(PY) -m recipes.table3 --profile demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_kd_loss.py
+	$(PY) -m recipes.benchmark.kd_loss
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

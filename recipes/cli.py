@@ -16,8 +16,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from recipes.config import ConfigError
     from recipes.data import BadImageError, CSVDataError
     from recipes.data.splits import SplitsMismatchError
-    from recipes.models import ModelError
-    from recipes.run_lock import RunLockedError
+    from recipes.engine.run_lock import RunLockedError
+    from recipes.models.backbones import ModelError
     from rskd_loss.fileio import DiskWriteError
     from rskd_loss.priors import PriorError
 

@@ -1,7 +1,7 @@
 """ONE entry point for every run of the paper's tables: stage = baseline | teacher | student.
 
-    python recipes/train.py --config recipes/configs/table3/erm.py --profile demo
-    torchrun --nproc_per_node=8 recipes/train.py --config recipes/configs/table3/ours_shot.py \
+    python -m recipes.train --config recipes/configs/table3/erm.py --profile demo
+    torchrun --nproc_per_node=8 -m recipes.train --config recipes/configs/table3/ours_shot.py \
         --profile paper --set data.fold=2 method.teachers_dir="'runs/teachers/shot/fold2'"
 
 * baseline: any criterion of ``baselines`` (``method.criterion``), optional class-aware sampler;
@@ -13,7 +13,8 @@
   after every epoch from the student's per-class validation AP against the teachers' (Eq. 3).
 
 This module is the command line: it reads the config, sets up the process and the fold's data,
-makes the method's task (:func:`recipes.tasks.make_task`) and hands it to :class:`recipes.trainer.Trainer`.
+makes the method's task (:func:`recipes.engine.tasks.make_task`) and hands it to
+:class:`recipes.engine.trainer.Trainer`.
 Outputs in the run folder: ``config.json`` and those of the trainer (``metrics.jsonl``, ``last.pt``,
 ``best.pt``, ``result.json``, ``predictions.npz``), all written atomically.
 """
@@ -26,32 +27,32 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run by its file path: the recipes are modules of the checkout
+    raise SystemExit("error: run the recipes as modules from the checkout's root: python -m recipes.train ...")
 
 import numpy as np
 import torch
 
-from recipes.augment import BatchAugment
-from recipes.checkpoints import (
+from recipes.cli import run_command
+from recipes.config import ConfigError, load_config
+from recipes.data.augment import BatchAugment
+from recipes.data.folds import prepare_data
+from recipes.distributed import setup_distributed, teardown_distributed
+from recipes.engine.checkpoints import (
     atomic_write_json,
     config_differences,
     load_checkpoint,
     plain_config,
     remove_stale_temporaries,
 )
-from recipes.cli import run_command
-from recipes.config import ConfigError, load_config
-from recipes.distributed import setup_distributed, teardown_distributed
-from recipes.fold_data import prepare_data
-from recipes.run_lock import RunLock
-from recipes.tasks import RunContext, make_task
-from recipes.trainer import Trainer
+from recipes.engine.run_lock import RunLock
+from recipes.engine.tasks import RunContext, make_task
+from recipes.engine.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="rskd_loss recipes: baseline, teacher and student runs",
-                                add_help=True)
+    p = argparse.ArgumentParser(prog="python -m recipes.train",
+                                description="rskd_loss recipes: baseline, teacher and student runs")
     p.add_argument("--config", required=True, help="method config (one table row), an mmengine .py file")
     p.add_argument("--profile", default=None, help="demo | cpu_long | paper | rfmid, or a .py file")
     p.add_argument("--out-dir", default=None, help="run folder (default: run.out_dir of the config)")
@@ -88,7 +89,7 @@ def resume_state(out_dir: Path, cfg: Mapping) -> dict | None:
 def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
     """One run of the config's method in ``out_dir``; returns (and writes) its ``result.json``.
 
-    Rank 0 holds the run folder's lock (:class:`recipes.run_lock.RunLock`) for the whole run: a
+    Rank 0 holds the run folder's lock (:class:`recipes.engine.run_lock.RunLock`) for the whole run: a
     second live process on the folder is refused; a killed owner's lock is taken over, and only then
     are the partly written files it left removed.
     """

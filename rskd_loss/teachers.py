@@ -125,7 +125,7 @@ class TeacherLogitBank:
 
     With the bank, a student step costs what an ERM step costs: no teacher forward per batch (on an
     H200, ResNet-50 at 256 px, batch 256: 1.00x ERM, against 1.90x with three online teachers, as
-    measured by ``recipes/benchmark.py``, section (b)).
+    measured by ``recipes/benchmark/run_cost.py``, section (b)).
 
     File format (one file, no pickle): ``b"RSKDBANK"``, a uint32 format version, a uint64 header
     length, a UTF-8 JSON header (num_samples, num_classes, class_names, partition subsets / names /

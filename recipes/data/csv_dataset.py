@@ -393,7 +393,7 @@ def load_rgb_image(path: str | os.PathLike[str]) -> Any:
 
     Decoded with mmcv's ``imread`` (OpenCV; the ``mmcv-lite`` distribution of the recipes extra) when
     it is installed, else with PIL: on 2 CPU cores mmcv decoded a 64 px PNG 1.6x and a 2048 px JPEG
-    1.9x faster than PIL (``benchmarks/bench_image_decode.py``). Raises :class:`BadImageError`
+    1.9x faster than PIL (``recipes/benchmark/image_decode.py``). Raises :class:`BadImageError`
     naming the file if it is truncated or not an image, with either decoder (PIL's
     ``LOAD_TRUNCATED_IMAGES`` global is left alone, so a truncated file always fails here).
     """

@@ -21,7 +21,7 @@ choice, kept mild because lesions are small and colour carries diagnosis:
 
 The ranges are written once, in ``AUGMENTATION``. The recipes do not run ``train_transform`` in their
 loaders: they decode and resize on the CPU with ``uint8_transform`` and run the same augmentation
-batched on the device (``recipes.augment.BatchAugment``, the same ranges, hue left out); ``train_transform`` /
+batched on the device (``recipes.data.augment.BatchAugment``, the same ranges, hue left out); ``train_transform`` /
 ``eval_transform`` are for a user's own CPU pipeline.
 
 Resizing is bilinear with antialiasing (the torchvision reference's default interpolation).
@@ -40,7 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The training augmentation's ranges, the one place they are written: ``train_transform`` (CPU,
-#: torchvision) and ``recipes.augment.BatchAugment`` (batched on the device; no hue) read them here.
+#: torchvision) and ``recipes.data.augment.BatchAugment`` (batched on the device; no hue) read them here.
 AUGMENTATION = {"scale": (0.8, 1.0), "ratio": (0.9, 1.1), "degrees": 15.0, "brightness": 0.2, "contrast": 0.2,
                 "saturation": 0.1, "hue": 0.02}
 
@@ -90,7 +90,7 @@ def uint8_transform(size: int = 256) -> v2.Compose:
     """Resize (short side) + centre crop, kept as uint8: the CPU part of the recipes' pipeline.
 
     The recipes decode and resize on the CPU and ship uint8 to the device, where
-    ``recipes.augment.BatchAugment`` augments (training) and normalises, batched.
+    ``recipes.data.augment.BatchAugment`` augments (training) and normalises, batched.
 
     Shape:
         PIL RGB image (any size) -> uint8 tensor ``(3, size, size)``.

@@ -25,7 +25,7 @@ registry scope). A ``base`` config is built from mmpretrain's ``MODELS``: ``dict
 mmpretrain's focal loss, ``dict(type="RSKDFocalLoss")`` the project's. OLTR is not registered: its loss
 needs the head's features and centroids, which mmpretrain's heads do not pass.
 
-``configs/mmpretrain/rskd_example.py`` (repository top level) is a complete config to copy.
+``recipes/configs/mmpretrain/rskd_example.py`` (repository top level) is a complete config to copy.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ _num_classes = 12       # groups non-empty: train counts 502 ... 4 at the 70 % h
 _image_size = 64        # generated and trained at 64 px (generator default, recipes/data/synthetic.py)
 _epochs = 4
 _batch_size = 64
-_width = 16             # small_cnn channels (recipes/models.py small_cnn_backbone: w, 2w, 4w, 4w)
+_width = 16             # small_cnn channels (recipes/models/backbones.py small_cnn_backbone: w, 2w, 4w, 4w)
 _lr = 1e-3              # Adam's own default (Kingma & Ba 2015): a CNN trained from scratch, not the
                         # paper's 1e-4 fine-tuning rate of a pre-trained ResNet-50
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ data = dict(
     eval_batch_size=128,
     num_workers=8,
     preload=True,                 # decode once into a memory-mapped uint8 cache (data.root/.cache/), then
-                                  # no CPU decoding per epoch; augmentation on the GPU (recipes/augment.py)
+                                  # no CPU decoding per epoch; augmentation on the GPU (recipes/data/augment.py)
     augment=True,
 )
 model = dict(name="resnet50", pretrained=True, weights_path=None)   # paper Sec. 3.1

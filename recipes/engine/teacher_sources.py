@@ -1,0 +1,153 @@
+"""Where a student's teacher logits come from: the partition of ``method.partition``, the subset
+teachers' checkpoints (checked against this run's data and partition), and the teacher-logit bank of
+the fold's training images (``method.teacher_mode='bank'``) or the teachers run online."""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from recipes.config import ConfigError, default_prior, needs_prior
+from recipes.data.folds import make_dataset
+from recipes.data.views import View
+from recipes.distributed import barrier
+from recipes.engine.checkpoints import load_checkpoint
+from recipes.models.backbones import build_model
+from rskd_loss import Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, file_sha256
+from rskd_loss.priors import PriorError, resolve_prior
+from rskd_loss.workflow import build_bank
+
+
+def make_partition(cfg: Mapping, class_counts: Sequence[int], class_names: Sequence[str]) -> Partition:
+    """The partition of ``method.partition`` on this fold's training counts (used by the sweep too).
+
+    The region and feature rules read a prior: ``method.partition.prior`` (a shipped name or a JSON
+    file), else the one shipped for ``data.dataset``; a missing prior, or one without some of the
+    data set's classes, is a :class:`ConfigError` that names them and says how to write one.
+    """
+    p = cfg["method"]["partition"]
+    if p["rule"] == "feature" and p["num_subsets"] is not None:
+        raise ConfigError("method.partition: the feature rule by embedding clustering needs class "
+                          "embeddings; the recipes use the prior's phenotype groups (set method.partition.prior)")
+    with warnings.catch_warnings(record=True) as caught:  # a prior's warnings too ("groups nothing")
+        warnings.simplefilter("always")
+        if needs_prior(cfg):
+            kw: dict[str, Any] = {"prior": _prior(cfg, class_names)}
+        else:
+            kw = {"thresholds": tuple(p["thresholds"]), "mode": p["mode"]}
+        part = SubsetPartitioner(p["rule"], **kw).partition(class_counts=class_counts, class_names=class_names)
+    for w in caught:
+        print(f"partition: {w.message}", file=sys.stderr)
+    return part
+
+
+def _prior(cfg: Mapping, class_names: Sequence[str]) -> dict:
+    d = cfg["data"]
+    try:
+        return resolve_prior(cfg["method"]["partition"]["prior"], class_names, default=default_prior(d["dataset"]),
+                             data=str(Path(d["root"]) / d["csv"]))
+    except PriorError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_same_data(ckpt: Path, data: Mapping) -> dict:
+    """Load a checkpoint this run builds on (a teacher, OLTR stage 1); refuse one of other data or fold."""
+    state = load_checkpoint(ckpt)
+    if state.get("data_id") != data["data_id"]:
+        raise ConfigError(f"{ckpt} was trained on other data: {state.get('data_id')} (CSV sha256:scheme:split "
+                         f"seed:fold), this run uses {data['data_id']}; check data.root, data.fold and "
+                         f"data.split_seed")
+    return state
+
+
+def load_teachers(cfg: Mapping, data: Mapping, device: torch.device) -> tuple[SubsetTeachers, Partition, list[str]]:
+    """The subset teachers of ``method.teachers_dir`` (frozen, on ``device``), their partition and file hashes."""
+    tdir = Path(cfg["method"]["teachers_dir"])
+    pfile = tdir / "partition.json"
+    if not pfile.is_file():
+        raise FileNotFoundError(f"{pfile} not found: train the teachers of this partition first "
+                                f"(stage teacher, method.subset=0..k-1, out dirs {tdir}/subset<k>)")
+    part = Partition.from_json(pfile)
+    states = [check_same_data(tdir / f"subset{k}" / "best.pt", data) for k in range(part.num_subsets)]
+    expected = make_partition(cfg, data["train_counts"], data["class_names"])
+    if part.fingerprint() != expected.fingerprint():
+        raise ConfigError(f"{pfile} was built for another partition or fold than this run's "
+                         f"({part.subsets} vs {expected.subsets}); check method.partition and data.fold")
+    models, hashes = [], []
+    for k, subset in enumerate(part.subsets):
+        ckpt, state = tdir / f"subset{k}" / "best.pt", states[k]
+        if state.get("class_names") != [data["class_names"][c] for c in subset]:
+            raise ConfigError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
+                             f"{[data['class_names'][c] for c in subset]}")
+        m = build_model(state["config"]["model"], len(subset), image_size=cfg["data"]["image_size"])
+        m.load_state_dict(state["model"])
+        models.append(m)
+        hashes.append(file_sha256(ckpt))
+    return SubsetTeachers(models, part).to(device), part, hashes
+
+
+class BankTeachers:
+    """Teacher logits looked up in a bank: ``(x, idx) -> table[lookup[idx]]`` (float32, on the device).
+
+    ``table`` (N, C) holds the bank on the device; ``lookup`` maps a data-set row to a bank row."""
+
+    def __init__(self, table: torch.Tensor, lookup: torch.Tensor) -> None:
+        self.table, self.lookup = table, lookup
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[self.lookup[idx.to(self.table.device, non_blocking=True)]].float()
+
+
+class OnlineTeachers:
+    """The teachers run on the student's (augmented) batch, under the student's autocast setting."""
+
+    def __init__(self, teachers: nn.Module, amp: bool) -> None:
+        self.teachers, self.amp = teachers, amp
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.teachers(x).float()
+
+
+def bank_teachers(ctx: Any, teachers: SubsetTeachers, partition: Partition, hashes: Sequence[str]) -> BankTeachers:
+    """The teacher-logit bank of this fold's training images (built once, on rank 0, then reused).
+
+    Teacher logits are computed on the un-augmented training images (the usual price of cached KD:
+    the student sees an augmented view, the bank the plain one; ``method.teacher_mode='online'``
+    runs the teachers on the student's augmented batch instead). The bank file is checked against
+    the data set, partition and teacher checkpoints before reuse, and rebuilt when any differs.
+    """
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
+    path = Path(cfg["method"]["teachers_dir"]) / f"bank_train_{cfg['data']['image_size']}px.rskd"
+    fold_rows = data["rows"]["train"]
+    dataset_id = f"{data['data_id']}:{len(fold_rows)}"
+    check = dict(num_samples=len(fold_rows), class_names=data["class_names"], partition=partition,
+                 dataset=dataset_id, teacher_hashes=list(hashes))
+    if ctx.main:
+        try:
+            TeacherLogitBank(path, **check)
+        except (FileNotFoundError, ValueError) as why:
+            print(f"building teacher-logit bank {path} ({why.__class__.__name__}: {str(why)[:100]})", flush=True)
+            loader = DataLoader(View(make_dataset(cfg, data, "train")), batch_size=cfg["data"]["eval_batch_size"],
+                                shuffle=False, num_workers=cfg["data"]["num_workers"])
+            bank_row = {int(g): i for i, g in enumerate(fold_rows)}  # CSV row -> bank row
+
+            def batch(b):  # (uint8 images, targets, CSV rows) -> (normalised images, bank rows)
+                return ctx.augment(b[0].to(device), train=False), torch.tensor([bank_row[int(i)] for i in b[2]])
+
+            build_bank(path, teachers, loader, len(fold_rows), partition=partition,
+                       class_names=data["class_names"], batch=batch, device=device,
+                       autocast_dtype=torch.bfloat16 if ctx.amp else None, teacher_hashes=list(hashes),
+                       dataset=dataset_id)
+    barrier(ctx.world)
+    bank = TeacherLogitBank(path, **check)
+    lookup = np.full(data["num_rows"], -1, dtype=np.int64)
+    lookup[fold_rows] = np.arange(len(fold_rows))
+    return BankTeachers(bank.table(device), torch.from_numpy(lookup).to(device))

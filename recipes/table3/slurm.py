@@ -1,0 +1,414 @@
+"""The Table 3 job graph through submitit: submitted to SLURM, or run by submitit's local executor.
+
+    python -m recipes.table3 --profile paper --launcher slurm --slurm-partition gpu --slurm-time 720
+    python -m recipes.table3 --profile demo --launcher local      # the same graph on this machine
+
+``--launcher slurm`` submits every unfinished job of :func:`recipes.table3.sweep.build_jobs` with
+``sbatch`` (through submitit), in dependency order; a job's dependencies become
+``--dependency=afterok:<id>:...`` on the SLURM ids of the jobs it needs that are not finished yet
+(queued or running from an earlier submission, or submitted just now); a finished one
+(``result.json``) adds none. ``kill-on-invalid-dep=yes``: a job whose dependency failed is cancelled
+instead of waiting forever. The SLURM ids are written, after each submission, to
+``<out>/slurm_jobs.json``; a later submission of the same sweep asks ``sacct`` for their state and
+submits again only the jobs that neither finished nor are pending / running, so nothing is submitted
+twice. Logs and submitit's files (``<id>_submission.sh``, the pickled task) are under
+``<out>/slurm/<id>/``.
+
+Each job runs ``recipes.train.main`` once per task, ``--slurm-gpus-per-node`` tasks per node (one
+per GPU) on ``--slurm-nodes`` nodes, with torchrun's variables (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) exported from submitit's
+job environment, so ``train.py`` runs as under torchrun. The task is ``Checkpointable``: when SLURM
+preempts the job or its time limit comes, submitit requeues it (the same SLURM id, so the dependents
+still wait on it), and the requeued task builds its arguments again: the run folder's ``last.pt``
+adds ``--resume`` (:func:`recipes.table3.sweep.job_argv`) and training continues from its last epoch.
+
+``--launcher local``: submitit's ``LocalExecutor`` runs each job in a child process on this machine
+(``--jobs N`` at once), a job started once its dependencies finished; a failed job blocks its
+dependents only, as in ``run_jobs``. It needs no cluster: the stand-in for tests and for trying the
+launcher out.
+
+Conventions (no code copied): submitit's documentation (github.com/facebookincubator/submitit,
+docs/ "checkpointing", "examples": ``AutoExecutor``, ``slurm_*`` parameters, ``Checkpointable``,
+``helpers.TorchDistributedEnvironment``) and the launchers DeiT, DINO and ConvNeXt ship
+(``run_with_submitit.py``: one task per GPU, ``timeout_min`` / ``slurm_partition`` /
+``slurm_additional_parameters``, requeue on preemption with the run's checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recipes.config import ConfigError
+from rskd_loss.fileio import atomic_write_text
+
+__all__ = ["ACTIVE_STATES", "JOBS_FILE", "SlurmOptions", "SubmitReport", "TrainTask", "add_arguments",
+           "options_from_args", "slurm_states", "submit_slurm", "run_local", "launch", "read_records"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOBS_FILE = "slurm_jobs.json"
+TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+#: sacct states of a job that is still to run or running: it is not submitted again (a requeued or
+#: preempted job keeps its id, and runs again with --resume)
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                           "SUSPENDED", "CONFIGURING", "COMPLETING", "PREEMPTED", "STAGE_OUT", "SIGNALING"})
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError as exc:  # an optional extra
+        raise ConfigError("--launcher needs submitit: pip install 'rskd_loss[slurm]' "
+                          "(or pip install submitit)") from exc
+    return submitit
+
+
+# ------------------------------------------------------------------------------------ options
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each submitted job asks SLURM for (sbatch parameters)."""
+
+    partition: str | None = None
+    gpus_per_node: int = 1
+    nodes: int = 1
+    time_min: int = 24 * 60
+    account: str | None = None
+    constraint: str | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)  # --slurm-param KEY=VALUE: #SBATCH --KEY=VALUE
+    setup: tuple[str, ...] = ()                              # shell lines before srun
+    max_num_timeout: int = 10                                # requeues after the time limit
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--slurm-*`` options, added to ``recipes/table3/``'s parser."""
+    p.add_argument("--launcher", choices=("slurm", "local"), default=None,
+                   help="submit the jobs through submitit (recipes/table3/slurm.py): 'slurm' to a SLURM cluster with "
+                        "afterok dependencies, 'local' with submitit's local executor on this machine")
+    g = p.add_argument_group("--launcher slurm (sbatch parameters of every job)")
+    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-gpus-per-node", type=int, default=1, help="GPUs (= tasks, one per GPU) per node; default 1")
+    g.add_argument("--slurm-nodes", type=int, default=1, help="nodes per job (default 1)")
+    g.add_argument("--slurm-time", type=int, default=24 * 60,
+                   help="time limit per job in minutes (default 1440); a job that reaches it is requeued and resumes")
+    g.add_argument("--slurm-account", default=None)
+    g.add_argument("--slurm-constraint", default=None)
+    g.add_argument("--slurm-cpus-per-task", type=int, default=None)
+    g.add_argument("--slurm-mem-gb", type=float, default=None)
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch parameter, repeatable, e.g. --slurm-param qos=high")
+    g.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before the job, repeatable, e.g. 'module load cuda'")
+
+
+def options_from_args(a: argparse.Namespace) -> SlurmOptions:
+    extra = {}
+    for item in a.slurm_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm-param must be KEY=VALUE (e.g. qos=high), got {item!r}")
+        extra[key.strip().lstrip("-")] = value
+    if a.slurm_gpus_per_node < 0 or a.slurm_nodes < 1 or a.slurm_time < 1:
+        raise ConfigError(f"expected --slurm-gpus-per-node >= 0, --slurm-nodes >= 1 and --slurm-time >= 1, "
+                         f"got {a.slurm_gpus_per_node}, {a.slurm_nodes} and {a.slurm_time}")
+    return SlurmOptions(partition=a.slurm_partition, gpus_per_node=a.slurm_gpus_per_node, nodes=a.slurm_nodes,
+                        time_min=a.slurm_time, account=a.slurm_account, constraint=a.slurm_constraint,
+                        cpus_per_task=a.slurm_cpus_per_task, mem_gb=a.slurm_mem_gb, extra=extra,
+                        setup=tuple(a.slurm_setup))
+
+
+# ------------------------------------------------------------------------------------ the task
+
+class _Checkpointable:  # replaced by submitit.helpers.Checkpointable when submitit is installed
+    pass
+
+
+try:
+    from submitit.helpers import Checkpointable as _Base
+except ImportError:  # the module imports without the extra; launching needs it
+    _Base = _Checkpointable
+
+
+class TrainTask(_Base):  # type: ignore[misc, valid-type]
+    """One job of the graph as a submitit task: ``recipes.train.main(job_argv(job))`` under torchrun's variables.
+
+    The arguments are built when the task runs, not when it is submitted: a requeued task finds the
+    run folder's ``last.pt`` and resumes. ``checkpoint`` (submitit's requeue hook) resubmits the same
+    task: the state to continue from is in the run folder.
+    """
+
+    def __init__(self, job: Any, cwd: str) -> None:
+        # the fields, not the object: run as a script, table3's Job is __main__.Job, which the job's
+        # process could not unpickle by reference
+        self.fields = dataclasses.asdict(job)
+        self.cwd = cwd  # the launcher's working directory: the job's relative paths are relative to it
+
+    @property
+    def job(self) -> Any:
+        from recipes.table3.sweep import Job
+
+        return Job(**self.fields)
+
+    def argv(self) -> list[str]:
+        from recipes.table3.sweep import job_argv
+
+        return job_argv(self.job)
+
+    def __call__(self) -> str:
+        os.chdir(self.cwd)
+        from recipes.table3.sweep import is_finished
+
+        _default_signals_in_children()
+        export_torch_env()
+        job = self.job
+        result = Path(job.out_dir) / "result.json"
+        if is_finished(job):  # e.g. requeued after it had finished
+            return str(result)
+        from recipes.train import main as train_main
+
+        train_main(self.argv())
+        if int(os.environ.get("RANK", "0")) == 0 and not is_finished(job):
+            raise RuntimeError(f"{job.id}: train.py returned without writing {result}")
+        return str(result)
+
+
+def export_torch_env() -> dict[str, str]:
+    """torchrun's variables from submitit's job environment (one task per GPU), exported; returns them.
+
+    ``CUDA_VISIBLE_DEVICES`` is left as SLURM set it: ``LOCAL_RANK`` picks the task's GPU among the
+    node's, as under torchrun (``recipes.distributed.setup_distributed``).
+    """
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return {k: os.environ[k] for k in TORCH_ENV}
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def _default_signals_in_children() -> None:
+    """Processes forked by the task (a ``multiprocessing.Pool`` making the synthetic set or the resize
+    cache, DataLoader workers) get the default SIGTERM and ignore submitit's requeue signal.
+
+    submitit's handlers (``SIGTERM``: log and go on; ``SIGUSR2``: checkpoint and requeue) are inherited
+    by a fork: ``Pool.terminate`` (SIGTERM) would then never end its workers (the task hangs), and a
+    worker would requeue the job on the signal meant for the task.
+    """
+    if _FORK_HOOK:
+        return
+    from submitit import JobEnvironment
+
+    usr = JobEnvironment._usr_sig()  # SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says another
+
+    def child() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        signal.signal(usr, signal.SIG_IGN)
+
+    os.register_at_fork(after_in_child=child)
+    _FORK_HOOK.append(True)
+
+
+@contextlib.contextmanager
+def _importable() -> Iterator[None]:
+    """The checkout on the children's ``PYTHONPATH`` while submitting: they unpickle
+    ``recipes.table3.slurm.TrainTask``."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+# ------------------------------------------------------------------------------------ records
+
+def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``{job id: {"slurm_id": ..., "submitted": ...}}`` of the sweep's earlier submissions (empty: none)."""
+    path = Path(out) / JOBS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except ValueError as exc:
+        from recipes.table3.sweep import SweepError
+
+        raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); check the queue (squeue) and "
+                         f"remove the file to submit anew") from exc
+    return dict(doc.get("jobs", {}))
+
+
+def _write_records(out: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
+    atomic_write_text(out / JOBS_FILE, json.dumps({"jobs": dict(records)}, indent=1, sort_keys=True) + "\n")
+
+
+def slurm_states(slurm_ids: Sequence[str]) -> dict[str, str]:
+    """The sacct state (first word: ``CANCELLED by 0`` -> ``CANCELLED``) of each SLURM job id it knows.
+
+    One ``sacct`` call for all ids. Raises ``SweepError`` when sacct cannot be asked: without the
+    states a submission could submit a queued job twice.
+    """
+    if not slurm_ids:
+        return {}
+    cmd = ["sacct", "-j", ",".join(slurm_ids), "-X", "-n", "-P", "-o", "JobID,State"]
+    try:
+        text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        from recipes.table3.sweep import SweepError
+
+        raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {exc}); "
+                         "run the submission where sacct works") from exc
+    states = {}
+    for line in text.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid and state:
+            states[jid] = state.split()[0]
+    return states
+
+
+# ------------------------------------------------------------------------------------ SLURM
+
+@dataclass
+class SubmitReport:
+    """What :func:`submit_slurm` did, by job id."""
+
+    submitted: dict[str, str] = field(default_factory=dict)  # job id -> new SLURM id
+    queued: dict[str, str] = field(default_factory=dict)     # pending / running from an earlier submission
+    skipped: list[str] = field(default_factory=list)         # finished
+
+
+def _slurm_params(opts: SlurmOptions, name: str, dependency: str | None) -> dict[str, Any]:
+    tasks = max(1, opts.gpus_per_node)
+    params: dict[str, Any] = dict(
+        name=name, timeout_min=opts.time_min, nodes=opts.nodes, tasks_per_node=tasks,
+        gpus_per_node=opts.gpus_per_node or None, cpus_per_task=opts.cpus_per_task, mem_gb=opts.mem_gb,
+        slurm_partition=opts.partition, slurm_account=opts.account, slurm_constraint=opts.constraint,
+        slurm_dependency=dependency,  # None: no dependency (a fresh executor per job, so none is left over)
+        slurm_additional_parameters={"kill-on-invalid-dep": "yes", **opts.extra},
+        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", *opts.setup],
+    )
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOptions, *,
+                 states: Any = None) -> SubmitReport:
+    """Submit every unfinished job that is not queued, each ``afterok`` on its unfinished dependencies.
+
+    ``states``: ``[slurm ids] -> {id: sacct state}``, default :func:`slurm_states` (tests pass a fake).
+    """
+    from recipes.table3.sweep import is_finished, topological_order
+
+    submitit = _submitit()
+    states = slurm_states if states is None else states
+    out = Path(out)
+    order = topological_order(jobs)
+    records = read_records(out)
+    known = [str(records[j.id]["slurm_id"]) for j in order if j.id in records and not is_finished(j)]
+    state = states(known) if known else {}
+    report = SubmitReport()
+    slurm_id: dict[str, str] = {}  # job id -> the SLURM id its dependents wait on
+    cwd = os.getcwd()
+    for j in order:
+        if is_finished(j):
+            report.skipped.append(j.id)
+            continue
+        old = str(records[j.id]["slurm_id"]) if j.id in records else None
+        if old is not None and state.get(old) in ACTIVE_STATES:
+            slurm_id[j.id] = report.queued[j.id] = old
+            resubmitted = [d for d in j.deps if d in report.submitted]
+            if resubmitted:
+                print(f"[slurm] warning: {j.id} (SLURM job {old}) is {state[old]} but waits on the earlier "
+                      f"run of {resubmitted}, submitted again now; scancel {old} and submit the sweep again",
+                      file=sys.stderr, flush=True)
+            print(f"[slurm] {old} {j.id}: {state[old].lower()}, not submitted again", flush=True)
+            continue
+        after = [slurm_id[d] for d in j.deps if d in slurm_id]  # the others finished
+        dependency = "afterok:" + ":".join(after) if after else None
+        ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=opts.max_num_timeout)
+        ex.update_parameters(**_slurm_params(opts, f"rskd:{j.id}", dependency))
+        try:
+            with _importable():
+                sub = ex.submit(TrainTask(j, cwd))
+        except Exception as exc:  # sbatch refused it (a bad partition, account, ...)
+            from recipes.table3.sweep import SweepError
+
+            raise SweepError(f"sbatch did not take {j.id}: {exc}\n{len(report.submitted)} job(s) submitted before it "
+                             f"are recorded in {out / JOBS_FILE}; fix the options and submit the sweep again "
+                             "(what is queued is not submitted twice)") from exc
+        slurm_id[j.id] = report.submitted[j.id] = str(sub.job_id)
+        records[j.id] = {"slurm_id": str(sub.job_id), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_records(out, records)  # after each one: an interrupted submission still knows what it queued
+        print(f"[slurm] {sub.job_id} {j.id}" + (f"  after {' '.join(after)}" if after else ""), flush=True)
+    print(f"[slurm] {len(report.submitted)} job(s) submitted, {len(report.queued)} already queued or running, "
+          f"{len(report.skipped)} finished; ids in {out / JOBS_FILE}, logs in {out / 'slurm'}/<id>/; "
+          f"collect with --collect-only when they are done", flush=True)
+    return report
+
+
+# ------------------------------------------------------------------------------------ local
+
+def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
+              poll_s: float = 0.5) -> Any:
+    """Run the unfinished jobs with submitit's local executor in dependency order; a ``RunReport``."""
+    from recipes.table3.sweep import is_finished, unfinished_jobs
+
+    submitit = _submitit()
+    out = Path(out)
+    order, report, status, pending = unfinished_jobs(jobs)
+    print(f"[local] {len(order)} job(s): {len(report.skipped)} finished, {len(pending)} to run "
+          f"(submitit local executor, logs in {out / 'submitit_local'}/<pid>/)", flush=True)
+    running: dict[str, Any] = {}
+    cwd = os.getcwd()
+    while pending or running:
+        for j in list(pending):
+            if any(status.get(d) in ("failed", "blocked") for d in j.deps):
+                pending.remove(j)
+                status[j.id] = "blocked"
+                report.blocked.append(j.id)
+                print(f"[local] {j.id}: not started, a dependency failed", flush=True)
+            elif len(running) < jobs_at_once and all(status.get(d) == "done" for d in j.deps):
+                ex = submitit.AutoExecutor(folder=out / "submitit_local" / "%j", cluster="local")
+                ex.update_parameters(name=f"rskd:{j.id}", timeout_min=timeout_min, tasks_per_node=1, gpus_per_node=0)
+                with _importable():
+                    running[j.id] = ex.submit(TrainTask(j, cwd))
+                pending.remove(j)
+                print(f"[local] start {j.id} (job {running[j.id].job_id})", flush=True)
+        for jid, sub in list(running.items()):
+            if not sub.done():
+                continue
+            del running[jid]
+            job = next(j for j in order if j.id == jid)
+            exc = sub.exception()
+            ok = exc is None and is_finished(job)
+            status[jid] = "done" if ok else "failed"
+            (report.done if ok else report.failed).append(jid)
+            print(f"[local] {'done' if ok else 'FAILED'} {jid}" + ("" if exc is None else f": {exc}"), flush=True)
+        if running and not any(s.done() for s in running.values()):
+            time.sleep(poll_s)
+    return report
+
+
+def launch(jobs: Sequence[Any], out: str | os.PathLike[str], a: argparse.Namespace) -> Any:
+    """``--launcher`` of ``recipes/table3/``: ``None`` after a SLURM submission, a ``RunReport`` for local."""
+    opts = options_from_args(a)
+    if a.launcher == "slurm":
+        submit_slurm(jobs, out, opts)
+        return None
+    return run_local(jobs, out, jobs_at_once=a.jobs, timeout_min=opts.time_min)
