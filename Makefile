@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+LIB_STAMP := $(VENV)/.installed-lib-stamp
 
 .PHONY: test test-lib demo bench lint install clean
 
@@ -10,17 +11,24 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(LIB_STAMP)
+
+# the library and the test runner alone (what `make test-lib` needs; the full install above includes it)
+$(LIB_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . pytest hypothesis
+	touch $(LIB_STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the library tier: the loss math and the library's own doctests; needs only `pip install -e .` and
-# the test runner (pytest, hypothesis), not the recipes' or the frameworks' packages
-test-lib: $(STAMP)
-	$(PY) -m pytest -q tests/lib rskd_loss baselines
+# the library tiers: the loss math, the baselines and their doctests; they need only `pip install -e .`
+# and the test runner (pytest, hypothesis), not the recipes' or the frameworks' packages
+test-lib: $(LIB_STAMP)
+	$(PY) -m pytest -q tests/lib tests/baselines rskd_loss baselines
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,8 @@ import importlib.util
 _NEEDS = {
     "rskd_loss/integrations/lightning.py": "lightning",
     "rskd_loss/integrations/mmpretrain.py": "mmpretrain",
+    "tests/integrations/_lightning_helpers.py": "lightning",
+    "tests/integrations/_lightning_ddp_worker.py": "lightning",
 }
 
 collect_ignore = [path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None]
