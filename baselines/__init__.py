@@ -5,6 +5,7 @@ Every criterion follows the loss contract of ``rskd_loss`` (logits and multi-hot
 
     WeightedSubsetKDLoss(DBLoss(class_counts, num_images), num_classes=C)
 """
+from .asl import AsymmetricLoss, asymmetric_loss
 from .bce import MultiLabelBCELoss, bce_loss
 from .db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
 from .focal import FocalLoss, sigmoid_focal_loss
@@ -17,6 +18,7 @@ from .reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_b
 __all__ = [
     "bce_loss", "MultiLabelBCELoss",
     "sigmoid_focal_loss", "FocalLoss",
+    "asymmetric_loss", "AsymmetricLoss",
     "class_weights", "reweighted_bce_loss", "ReweightedBCE", "REWEIGHT_MODES",
     "ldam_margins", "ldam_loss", "LDAMLoss", "NormedLinear",
     "db_bias", "db_loss", "DBLoss", "DB_PRESETS",

@@ -111,6 +111,7 @@ from rskd_loss.validation import (
     check_logits_targets,
     check_positive,
     check_reduction,
+    is_compiling,
     reduce_loss,
     value_checks_enabled,
 )
@@ -659,7 +660,10 @@ class OLTRLoss(nn.Module):
     ``centroids`` is an ``nn.Parameter`` (C, feat_dim), drawn from :math:`\mathcal N(0, 1)` as in the
     official constructor, and must be set with :meth:`init_centroids` (or :meth:`set_centroids`, or a
     loaded ``state_dict``) before a stage-2 forward; the flag ``centroids_initialized`` (a buffer, saved
-    with the state dict) records it and a stage-2 forward without it raises ``RuntimeError``. Pass
+    with the state dict) records it and a stage-2 forward without it raises ``RuntimeError`` (also under
+    ``torch.compile``, which reads a Python copy of the flag instead of the buffer, so the forward
+    stays one graph; the value checks of the inputs are skipped while compiling, see
+    :mod:`rskd_loss.validation`). Pass
     ``criterion.centroids`` to :class:`OLTRHead` in stage 2 and include ``criterion.parameters()`` in an
     optimizer (official: SGD lr 0.01, momentum 0.9, weight decay 5e-4,
     ``config/ImageNet_LT/stage_2_meta_embedding.py``).
@@ -705,6 +709,14 @@ class OLTRLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.centroids = nn.Parameter(torch.randn(num_classes, feat_dim))
         self.register_buffer("centroids_initialized", torch.tensor(False))
+        # A Python copy of the flag, read while torch.compile traces forward (reading the buffer there
+        # would split the graph); kept in step by set_centroids and load_state_dict.
+        self._centroids_ready = False
+        self.register_load_state_dict_post_hook(OLTRLoss._sync_ready_flag)
+
+    @staticmethod
+    def _sync_ready_flag(module: nn.Module, incompatible_keys: object) -> None:
+        module._centroids_ready = bool(module.centroids_initialized)
 
     def set_centroids(self, centroids: torch.Tensor) -> None:
         """Copy a (C, feat_dim) tensor into the centroids (the caller's tensor is not kept or changed)."""
@@ -712,6 +724,7 @@ class OLTRLoss(nn.Module):
         with torch.no_grad():
             self.centroids.copy_(centroids.detach().to(self.centroids.device, self.centroids.dtype))
             self.centroids_initialized.fill_(True)
+        self._centroids_ready = True
 
     def init_centroids(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Set centroid k to the mean stage-1 feature of class k's positive images; return the (C,) counts.
@@ -737,6 +750,15 @@ class OLTRLoss(nn.Module):
         self.set_centroids(means)
         return counts
 
+    def _centroids_are_ready(self) -> bool:
+        # Eager: the buffer (what a state dict carries). Under torch.compile: its Python copy, which
+        # dynamo guards on (a change recompiles) instead of splitting the graph.
+        if is_compiling():
+            return self._centroids_ready
+        ready = bool(self.centroids_initialized)
+        self._centroids_ready = ready
+        return ready
+
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -744,7 +766,7 @@ class OLTRLoss(nn.Module):
             raise ValueError(
                 f"logits must have {self.num_classes} columns (num_classes), got shape {tuple(logits.shape)}"
             )
-        if self.stage == 2 and not bool(self.centroids_initialized):
+        if self.stage == 2 and not self._centroids_are_ready():
             raise RuntimeError(
                 "OLTRLoss stage 2 needs initialised centroids: call init_centroids(stage1_features, targets) "
                 "(or set_centroids / load_state_dict) first"

@@ -13,6 +13,7 @@ name      criterion                                  needs
 ``ldam``  :class:`baselines.ldam.LDAMLoss`           ``class_counts``
 ``db``    :class:`baselines.db_loss.DBLoss`          ``class_counts``, ``num_images``
 ``oltr``  ``baselines.oltr.OLTRLoss``                ``num_classes`` (or ``class_counts``), ``feat_dim``
+``asl``   :class:`baselines.asl.AsymmetricLoss`      -- (not in Table 3: Ridnik et al., ICCV 2021)
 ========  =========================================  =========================================
 
 ``class_counts`` and ``num_images`` are accepted (and ignored) by the criteria that do not use them,
@@ -26,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from .asl import AsymmetricLoss
 from .bce import MultiLabelBCELoss
 from .db_loss import DBLoss
 from .focal import FocalLoss
@@ -35,11 +37,12 @@ from .reweight import ReweightedBCE
 __all__ = ["available_criteria", "build_criterion"]
 
 _ALIASES = {"erm": "bce"}
-_NAMES = ("bce", "erm", "rw", "focal", "ldam", "db", "oltr")
+_NAMES = ("bce", "erm", "rw", "focal", "ldam", "db", "oltr", "asl")
 
 
 def available_criteria() -> tuple[str, ...]:
-    """Every name :func:`build_criterion` accepts (aliases included), in Table 3 order."""
+    """Every name :func:`build_criterion` accepts (aliases included), in Table 3 order, then the
+    baselines that are not in Table 3 (``asl``)."""
     return _NAMES
 
 
@@ -62,6 +65,7 @@ def _build_oltr(class_counts: object, kwargs: dict[str, Any]) -> nn.Module:
 _BUILDERS: dict[str, Callable[[object, object, dict[str, Any]], nn.Module]] = {
     "bce": lambda counts, n_img, kw: MultiLabelBCELoss(**kw),
     "focal": lambda counts, n_img, kw: FocalLoss(**kw),
+    "asl": lambda counts, n_img, kw: AsymmetricLoss(**kw),
 }
 
 

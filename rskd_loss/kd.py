@@ -159,6 +159,11 @@ class WeightedSubsetKDLoss(nn.Module):
     The teacher's logits are detached: teachers are frozen. With every weight 0 (or ``kd_weight=0``)
     the loss equals ``base`` in value and gradient.
 
+    ``torch.compile``: around any criterion of ``baselines`` the forward is one graph. The value
+    checks (finite logits, 0/1 targets, a 0/1 integer ``teacher_mask``) read tensor values, so they
+    run in eager mode only and are skipped while compiling (see
+    :func:`rskd_loss.validation.value_checks_enabled`); shape, dtype and device checks run in both.
+
     Args:
         base: the criterion to wrap ("RSKD + X"), e.g. ``nn.BCEWithLogitsLoss()`` or ``FocalLoss()``.
         num_classes: C.

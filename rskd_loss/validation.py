@@ -9,6 +9,14 @@ Shape and dtype checks are free. Value checks (targets in {0, 1}, finite logits)
 which on a GPU costs a host synchronisation per call; they are on by default and can be switched off
 for a benchmarked training loop with :func:`value_checks` (``with value_checks(False): ...``) or
 globally with the environment variable ``RSKD_VALUE_CHECKS=0``.
+
+Under ``torch.compile`` the value checks are skipped while the code is traced: reading a tensor's
+values on the host (``.item()``, ``bool(tensor)``) would split the graph, so
+:func:`value_checks_enabled` returns ``False`` whenever ``torch.compiler.is_compiling()`` is true, and
+every criterion of ``rskd_loss`` and ``baselines`` compiles to one graph. Shape, dtype and device checks
+still run while tracing (they read no values). In eager mode nothing changes: the checks run unless
+switched off. A compiled training step therefore does not see a NaN logit or a target of 2; check
+the data once where it is read, or run a few eager steps first.
 """
 from __future__ import annotations
 
@@ -16,7 +24,8 @@ import contextlib
 import math
 import operator
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +42,7 @@ __all__ = [
     "as_multi_hot",
     "value_checks",
     "value_checks_enabled",
+    "is_compiling",
     "check_probability",
     "check_positive",
     "check_int",
@@ -46,9 +56,29 @@ REDUCTIONS = ("mean", "sum", "none")
 _VALUE_CHECKS = os.environ.get("RSKD_VALUE_CHECKS", "1") not in ("0", "false", "False", "no")
 
 
+def _dynamo_is_compiling() -> bool:
+    # torch < 2.3 has no torch.compiler.is_compiling; torch._dynamo is loaded once anything compiles.
+    dynamo = sys.modules.get("torch._dynamo")
+    fn = getattr(dynamo, "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+_is_compiling: Callable[[], bool] = getattr(
+    getattr(torch, "compiler", None), "is_compiling", None
+) or _dynamo_is_compiling
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the calling code now (``torch.compiler.is_compiling``; on a
+    torch without it, ``torch._dynamo.is_compiling``). Always ``False`` in eager mode."""
+    return bool(_is_compiling())
+
+
 def value_checks_enabled() -> bool:
-    """Whether value checks (binary targets, finite logits) run; see :func:`value_checks`."""
-    return _VALUE_CHECKS
+    """Whether value checks (binary targets, finite logits) run: the switch of :func:`value_checks`
+    (``RSKD_VALUE_CHECKS``), and never while ``torch.compile`` traces the code (a check reads the
+    tensor's values, which would split the graph)."""
+    return _VALUE_CHECKS and not is_compiling()
 
 
 @contextlib.contextmanager
@@ -116,6 +146,7 @@ def check_logits_targets(
     ``logits`` must be a finite floating (N, C) tensor and ``targets`` a tensor of the same shape and device
     whose values are in {0, 1} (any dtype; ``binary=False`` admits soft targets in [0, 1]). The
     returned targets are cast to the dtype of ``logits`` (a new tensor; the caller's is untouched).
+    The value checks follow :func:`value_checks_enabled` (off while ``torch.compile`` traces).
     """
     logits = _check_tensor(logits, logits_name)
     targets = _check_tensor(targets, targets_name)
@@ -126,10 +157,11 @@ def check_logits_targets(
     if not logits.is_floating_point():
         raise TypeError(f"{logits_name} must be a floating-point tensor, got {logits.dtype}")
     check_same_shape(logits, targets, logits_name, targets_name)
-    if _VALUE_CHECKS and logits.numel() and not bool(torch.isfinite(logits).all()):
+    checks = value_checks_enabled()
+    if checks and logits.numel() and not bool(torch.isfinite(logits).all()):
         idx = tuple(int(i) for i in (~torch.isfinite(logits)).nonzero()[0])
         raise ValueError(f"{logits_name} must be finite, got {logits[idx].item()} at index {idx}")
-    if _VALUE_CHECKS and targets.numel():
+    if checks and targets.numel():
         if binary:
             bad = (targets != 0) & (targets != 1)
             if bool(bad.any()):

@@ -36,7 +36,7 @@ def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
 
 
 def test_registry_names_covered() -> None:
-    assert set(NAMES) == {"bce", "erm", "rw", "focal", "ldam", "db"}
+    assert set(NAMES) == {"bce", "erm", "rw", "focal", "ldam", "db", "asl"}
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
