@@ -73,7 +73,7 @@ def counts_for_criterion(counts: np.ndarray, names: list[str], criterion: str) -
     warning that names it, instead of stopping the run.
     """
     zero = [names[i] for i in np.flatnonzero(counts == 0)]
-    if zero and criterion.lower() not in ("bce", "erm", "focal", "oltr"):
+    if zero and criterion.lower() in ("rw", "ldam", "db"):  # the criteria that divide by a count
         print(f"warning: {len(zero)} class(es) have no training positive, counted as 1 for the {criterion} "
               f"criterion: {zero[:10]}", file=sys.stderr)
     return np.maximum(counts, 1)
