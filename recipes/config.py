@@ -8,7 +8,11 @@ in this order, later winning:
 2. a profile (``recipes/configs/profiles/NAME.py``): data set, model and schedule of a setting, e.g.
    ``demo`` (CPU, synthetic, minutes) or ``paper`` (GPU);
 3. the method config (``--config``): one table row;
-4. ``--set key.sub=value`` overrides from the command line (values parsed as Python literals).
+4. ``--set key.sub=value`` overrides from the command line (values parsed as Python literals), as
+   mmengine's ``--cfg-options`` (``Config.merge_from_dict``): a dotted key changes that one field
+   (``method.criterion.gamma=1.0`` keeps the row's other criterion fields, whatever ``_delete_`` its
+   file uses); a dict value merges into the dict key by key, and replaces it whole when it holds
+   ``'_delete_': True``, or, for ``method.criterion``, when it names another criterion.
 
 Every key is checked: an unknown key is refused with the list of valid ones, a value of the wrong
 type or out of range is refused naming the key, all before any training starts.
@@ -121,23 +125,60 @@ class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type, or out of range (the message names it)."""
 
 
-def _merge(base: dict, update: Mapping, path: str = "") -> dict:
+#: mmengine's marker (``mmengine.config.config.DELETE_KEY``): a dict holding ``_delete_=True`` replaces
+#: the dict below it instead of merging into it
+DELETE_KEY = "_delete_"
+#: the dicts whose keys are free, not a fixed set: the criterion's are its constructor's keyword
+#: arguments, checked by ``baselines.build_criterion`` when the run builds it
+FREE_FORM = ("method.criterion",)
+
+
+def _merge(base: dict, update: Mapping, path: str = "", *, layer: bool = False, free: bool = False) -> dict:
+    """``update`` merged into a copy of ``base``, key by key, as mmengine's ``Config._merge_a_into_b``.
+
+    Every key must exist in ``base`` unless ``base`` is free-form (:data:`FREE_FORM`, ``free``). A
+    dict value merges into the dict it meets, so ``--set method.criterion.gamma=1.0`` changes that one
+    field; see :func:`_merged_value` for when it replaces it instead. ``layer``: ``update`` is a config
+    file (profile or method config), not the ``--set`` overrides.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
         where = f"{path}{key}"
-        if key not in base:
+        if key not in base and not free:
             valid = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {where!r}; valid keys here: {valid}")
-        if isinstance(base[key], dict):
-            if key == "criterion" and isinstance(value, Mapping):
-                out[key] = dict(value)  # criterion kwargs are checked by build_criterion
-                continue
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"config key {where!r} must be a dict, got {type(value).__name__}")
-            out[key] = _merge(base[key], value, where + ".")
-        else:
-            out[key] = copy.deepcopy(value)
+        out[key] = _merged_value(base.get(key), value, where, layer=layer, parent_free=free)
     return out
+
+
+def _merged_value(current: Any, value: Any, where: str, *, layer: bool, parent_free: bool) -> Any:
+    """The value of key ``where`` once ``value`` is merged into its ``current`` one.
+
+    A dict value replaces a dict whole (mmengine's semantics) when it holds ``_delete_=True``; and,
+    a criterion only, when it comes from a config file (a row's criterion is complete: its keys
+    belong to its ``name``) or names another criterion (the old one's keyword arguments would not fit
+    the new one). ``_delete_`` in a fixed section (e.g. ``method.kd``) is dropped: its keys stay.
+    """
+    if not isinstance(current, dict):
+        return _without_delete_key(value)  # a leaf, or a new key of a free-form dict
+    if not isinstance(value, Mapping):
+        if parent_free:
+            return copy.deepcopy(value)  # a criterion argument that was a dict
+        raise ConfigError(f"config key {where!r} must be a dict, got {type(value).__name__}")
+    value = dict(value)
+    delete = bool(value.pop(DELETE_KEY, False))
+    free = parent_free or where in FREE_FORM
+    renamed = where in FREE_FORM and value.get("name", current.get("name")) != current.get("name")
+    if free and (delete or renamed or (layer and where in FREE_FORM)):
+        return _without_delete_key(value)
+    return _merge(current, value, where + ".", layer=layer, free=free)
+
+
+def _without_delete_key(value: Any) -> Any:
+    """A deep copy of ``value`` without mmengine's ``_delete_`` markers (no constructor takes one)."""
+    if isinstance(value, Mapping):
+        return {k: _without_delete_key(v) for k, v in value.items() if k != DELETE_KEY}
+    return copy.deepcopy(value)
 
 
 def _read_py_config(path: str | os.PathLike) -> dict:
@@ -150,6 +191,16 @@ def _read_py_config(path: str | os.PathLike) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
+def available_profiles() -> list[str]:
+    """The names ``--profile`` accepts: the files of ``recipes/configs/profiles/``, sorted."""
+    return sorted(q.stem for q in (CONFIG_DIR / "profiles").glob("*.py"))
+
+
+def profile_help() -> str:
+    """The ``--profile`` help of the command lines, listing :func:`available_profiles`."""
+    return f"{' | '.join(available_profiles())}, or a profile .py file"
+
+
 def resolve_profile(profile: str | None) -> Path | None:
     if profile is None:
         return None
@@ -158,8 +209,7 @@ def resolve_profile(profile: str | None) -> Path | None:
         return p
     named = CONFIG_DIR / "profiles" / f"{profile}.py"
     if not named.is_file():
-        names = sorted(q.stem for q in (CONFIG_DIR / "profiles").glob("*.py"))
-        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)}")
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(available_profiles())}")
     return named
 
 
@@ -176,8 +226,12 @@ def parse_overrides(items: Sequence[str]) -> dict:
             value = raw  # a bare string such as run.device=cpu
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                above = ".".join(parts[:depth + 1])
+                raise ConfigError(f"override {key.strip()!r} sets a key under {above!r}, which an earlier "
+                                  f"override set to {node!r}; give {above!r} once, as a dict or key by key")
         node[parts[-1]] = value
     return out
 
@@ -191,7 +245,7 @@ def load_config(
     cfg = copy.deepcopy(DEFAULTS)
     for layer in (resolve_profile(profile), config):
         if layer is not None:
-            cfg = _merge(cfg, _read_py_config(layer))
+            cfg = _merge(cfg, _read_py_config(layer), layer=True)
     cfg = _merge(cfg, parse_overrides(overrides))
     if cfg["method"]["partition"]["prior"] is None:  # the prior follows the data set, never a profile's
         cfg["method"]["partition"]["prior"] = default_prior(cfg["data"]["dataset"])

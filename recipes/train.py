@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from recipes.cli import run_command
-from recipes.config import ConfigError, load_config
+from recipes.config import ConfigError, load_config, profile_help
 from recipes.data.augment import BatchAugment
 from recipes.data.folds import prepare_data
 from recipes.distributed import setup_distributed, teardown_distributed
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.train",
                                 description="rskd_loss recipes: baseline, teacher and student runs")
     p.add_argument("--config", required=True, help="method config (one table row), an mmengine .py file")
-    p.add_argument("--profile", default=None, help="demo | cpu_long | paper | rfmid, or a .py file")
+    p.add_argument("--profile", default=None, help=profile_help())
     p.add_argument("--out-dir", default=None, help="run folder (default: run.out_dir of the config)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. data.fold=1 method.kd.temperature=3")

@@ -5,7 +5,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from recipes.distributed import barrier, broadcast_object
 from rskd_loss import file_sha256
 from rskd_loss.baselines.resample import DistributedClassAwareSampler
 
+if TYPE_CHECKING:
+    from recipes.data.csv_dataset import LabelTable
+
 
 def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
     """Locate (or generate) the data set, load the fold's splits; returns paths, names, fold rows.
@@ -23,12 +26,15 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
     The label columns are those named by ``data.class_names`` (a CSV without one of them, or with a
     value other than 0/1 in one, is refused naming file, line and column), else every column of
     0/1 values besides the image column (``data.image_column``, default the first): the others, such
-    as a patient's age, are skipped, and rank 0 prints which columns it took and which it skipped.
+    as a patient's age, are skipped, and rank 0 prints which columns it took and which it skipped
+    (:func:`_note_label_columns`: once per CSV in a process, not for the synthetic generator's own).
+    A synthetic data set already in ``data.root`` is reused only if ``data.synthetic`` matches the
+    options it was generated with (:func:`_check_synthetic_options`).
     ``data.skip_bad_images`` decodes every image once on rank 0 and leaves out the rows whose image is
     missing or undecodable, with the count printed and kept in ``result.json`` (otherwise such a row
     is an error naming the file and CSV line).
     """
-    from recipes.data import label_columns_message, read_label_csv
+    from recipes.data import read_label_csv
 
     d = cfg["data"]
     csv = Path(d["root"]) / d["csv"]
@@ -44,14 +50,14 @@ def prepare_data(cfg: Mapping, rank: int, world: int) -> dict[str, Any]:
     barrier(world)
     fold = _splits(csv, split_args)[d["fold"] if d["scheme"] == "kfold" else 0]
     table = read_label_csv(csv, **columns)
+    csv_sha = file_sha256(csv)
     if rank == 0:
-        print(f"data: {label_columns_message(table)}", flush=True)
+        _note_label_columns(table, csv_sha)
     targets = np.asarray(table.targets)
     bad_rows = np.asarray(sorted(b.row for b in bad), dtype=np.int64)
     fold_rows = {part: np.asarray(fold.part(part), dtype=np.int64) for part in ("train", "val", "test")}
     rows = {part: r[~np.isin(r, bad_rows)] for part, r in fold_rows.items()}  # order kept
     skipped = _skipped_summary(bad, fold_rows, rows, rank) if d["skip_bad_images"] else None
-    csv_sha = file_sha256(csv)
     return {"csv": csv, "csv_sha": csv_sha, "image_dir": image_dir, "class_names": tuple(table.class_names),
             "image_column": table.image_column, "rows": rows,
             "data_id": f"{csv_sha}:{d['scheme']}:split_seed{d['split_seed']}:fold{d['fold']}",
@@ -73,9 +79,37 @@ def _splits(csv: Path, split_args: Mapping) -> Any:
         raise CSVDataError(f"cannot split {csv}: {exc}") from exc
 
 
+#: (CSV, its SHA-256, the note) of the label-column notes printed by this process: a sweep prepares
+#: the same data set for each of its runs, and the note is about the data set, not the run
+_NOTED: set[tuple[str, str, str]] = set()
+
+
+def _note_label_columns(table: LabelTable, csv_sha: str) -> None:
+    """Print which columns ``table`` took as labels (and skipped), once per CSV and process.
+
+    Nothing for a synthetic generation's own classes (detected columns equal to those its
+    ``meta.json`` lists): the package chose them, so there is nothing for the user to check or set.
+    """
+    from recipes.data import label_columns_message
+    from recipes.data.synthetic import generation_meta
+
+    meta = generation_meta(table.path.parent)
+    if (table.detected and not table.skipped_columns and meta is not None
+            and list(meta.get("class_counts", ())) == list(table.class_names)):
+        return
+    message = label_columns_message(table)
+    key = (str(table.path.resolve()), csv_sha, message)
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(f"data: {message}", flush=True)
+
+
 def _write_missing_data(d: Mapping, csv: Path) -> None:
-    """Generate the synthetic benchmark, or write RFMiD's merged CSV, when the CSV is not there yet."""
-    if d["dataset"] == "synthetic" and not csv.is_file():
+    """Generate the synthetic benchmark, or write RFMiD's merged CSV, when the CSV is not there yet;
+    check that a synthetic one already there was generated with ``data.synthetic``."""
+    if d["dataset"] == "synthetic" and csv.is_file():
+        _check_synthetic_options(d)
+    elif d["dataset"] == "synthetic":
         from recipes.data import generate_synthetic
 
         generate_synthetic(d["root"], **{k: v for k, v in d["synthetic"].items() if v is not None})
@@ -83,6 +117,23 @@ def _write_missing_data(d: Mapping, csv: Path) -> None:
         from recipes.data import write_rfmid_merged_csv
 
         write_rfmid_merged_csv(d["root"], csv, variant=d["rfmid_variant"])
+
+
+def _check_synthetic_options(d: Mapping) -> None:
+    """Refuse ``data.synthetic`` options that differ from those of the generation in ``data.root`` (its
+    ``meta.json``): reusing it would train on a data set other than the config says. A folder without
+    a ``meta.json`` of the generator (a CSV of the user's own) has nothing to compare and is used."""
+    from recipes.config import ConfigError
+    from recipes.data.synthetic import generation_differences, generation_meta
+
+    meta = generation_meta(d["root"])
+    differences = generation_differences(meta, d["synthetic"]) if meta is not None else []
+    if differences:
+        said = "; ".join(f"{key} {there!r} in its meta.json, {asked!r} in data.synthetic"
+                         for key, there, asked in differences)
+        raise ConfigError(f"data.root {str(d['root'])!r} holds a synthetic data set generated with other "
+                          f"options: {said}; choose another data.root, or delete {str(d['root'])!r} to have "
+                          f"it generated anew with these")
 
 
 def _bad_images(d: Mapping, csv: Path, image_dir: Path) -> list:

@@ -69,13 +69,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -101,6 +102,8 @@ __all__ = [
     "synthetic_prior",
     "render_fundus",
     "generate_synthetic",
+    "generation_meta",
+    "generation_differences",
     "main",
 ]
 
@@ -731,6 +734,30 @@ def _synthetic_meta(y: np.ndarray, names: Sequence[str], counts: np.ndarray, *, 
     }
 
 
+def generation_meta(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``meta.json`` of the generation in ``folder`` as a dict; ``None`` when it holds none of this
+    generator (no such file, not JSON, or another ``"generator"``)."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == "recipes.data.synthetic" else None
+
+
+def generation_differences(meta: Mapping[str, Any], options: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(option, value in meta, value asked)`` for each of ``options`` that ``meta`` (a ``meta.json``)
+    records with another value. ``options`` are arguments of :func:`generate_synthetic`, ``None``
+    standing for its default (as the recipes' ``data.synthetic`` does); those that do not change the
+    output (``workers``, ``progress``) are not in ``meta`` and not compared."""
+    defaults = {k: p.default for k, p in inspect.signature(generate_synthetic).parameters.items()}
+    out = []
+    for key, asked in options.items():
+        value = defaults.get(key) if asked is None else asked
+        if key in meta and meta[key] != value:
+            out.append((key, meta[key], value))
+    return out
+
+
 def _reusable(out: Path, meta_text: str, ids: Sequence[str]) -> bool:
     """Whether ``out`` already holds this very generation (``meta_text`` and every file).
 
@@ -744,11 +771,7 @@ def _reusable(out: Path, meta_text: str, ids: Sequence[str]) -> bool:
     if not meta_path.is_file():
         raise FileExistsError(f"{out} is not empty and holds no meta.json of this generator; "
                               f"refusing to write into it (choose an empty or new folder)")
-    try:
-        old = json.loads(meta_path.read_text("utf-8"))
-    except ValueError:
-        old = None
-    if not isinstance(old, dict) or old.get("generator") != "recipes.data.synthetic":
+    if generation_meta(out) is None:
         raise FileExistsError(f"{meta_path} is not a meta.json of recipes.data.synthetic; "
                               f"refusing to write into {out}")
     return (meta_path.read_text("utf-8") == meta_text and (out / "labels.csv").is_file()

@@ -18,7 +18,7 @@ _lr = 1e-3              # Adam's own default (Kingma & Ba 2015): a CNN trained f
 
 data = dict(
     dataset="synthetic",
-    root="data/synthetic_demo",   # its own folder: a generation of another size is rewritten in place
+    root="data/synthetic_demo",   # its own folder: a generation there with other options is refused
     synthetic=dict(seed=0, num_images=_num_images, image_size=_image_size, num_classes=_num_classes),
     scheme="holdout",             # one 7:1:2 split (paper Sec. 3.2); the paper's 4-fold CV is "paper"
     fold=0,
