@@ -390,7 +390,7 @@ class Partition:
         image, so a teacher that never saw an image without its classes (``"positive"``) is asked
         about images unlike any it trained on; ``"balanced"`` shows it negatives at a fraction of
         the cost of ``"all"``. Which view gives teachers that are good on the student's images is a
-        measurement on validation data (``recipes/README.md``).
+        measurement on validation data (``docs/experiments/``: teacher-view and cpu_pretrained choices).
 
         Args:
             k: subset index, ``0 <= k < num_subsets``.

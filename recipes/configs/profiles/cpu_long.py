@@ -1,10 +1,10 @@
 # Profile "cpu_long": CPU, the synthetic benchmark at its default size (4000 images of 64 px,
 # 16 classes: recipes/data/synthetic.py DEFAULT_*), a wider small CNN, more epochs.
 # Goal: one sweep of Table 3 (one split, one seed) in under an hour on 2 CPU cores;
-# recipes/README.md reports ERM against the three "Ours" rows with --seeds 0 1 2 (mean +- std).
+# docs/experiments/2026-11-27-cpu-long-three-seeds.md: ERM against the three "Ours" rows, --seeds 0 1 2.
 _base_ = ["./demo.py"]
 
-# --- the time knobs (measured: recipes/README.md, "Outcome on the synthetic benchmark") ---
+# --- the time knobs (measured: docs/experiments/2026-11-27-demo-sweep-times.md, "The cpu_long profile") ---
 _epochs = 12
 _width = 16                       # as the demo: width 32 costs about 3x the time for the same epochs
 # ------------------------------------------------------------------------------------------------

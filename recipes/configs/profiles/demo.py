@@ -5,7 +5,8 @@
 #
 # Merge order (recipes/config.py): DEFAULTS <- this profile <- method config <- --set.
 
-# --- the time knobs (measured: Tables 3 + 4, 30 runs, 175 s on 2 idle CPU cores; recipes/README.md) ---
+# --- the time knobs (measured: Tables 3 + 4, 30 runs, 175 s on 2 idle CPU cores;
+# docs/experiments/2026-11-27-demo-sweep-times.md) ---
 _num_images = 1500      # synthetic images (generator default 4000); 12 classes keep all three shot
 _num_classes = 12       # groups non-empty: train counts 502 ... 4 at the 70 % hold-out part
 _image_size = 64        # generated and trained at 64 px (generator default, recipes/data/synthetic.py)
