@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "head": "linear",          # linear | normed (cosine head, LDAM's s = 30 assumes it)
         "norm": "batch",           # small_cnn only: batch | group (GroupNorm: no batch statistics)
         "freeze": 0,               # efficientnet_lite0 only: leading stages frozen (weights and BN statistics;
-                                   # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/models/efficientnet_lite.py)
+                                   # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/models/timm_backbones.py)
     },
     "schedule": {
         "epochs": 100,

