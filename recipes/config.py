@@ -53,14 +53,17 @@ DEFAULTS: dict[str, Any] = {
         "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
     },
     "model": {
-        "name": "resnet50",        # any torchvision classification model, small_cnn, or efficientnet_lite0
-        "pretrained": True,        # ImageNet weights when available offline
-        "weights_path": None,      # a local state_dict file for the backbone
+        "name": "resnet50",        # any torchvision classification model, small_cnn, efficientnet_lite0, or
+                                   # timm/<name> for any timm model (timm/resnet18, timm/convnext_tiny, ...)
+        "pretrained": True,        # ImageNet weights when available offline (timm/<name>: from timm's Hugging
+                                   # Face / torch hub cache; nothing is downloaded)
+        "weights_path": None,      # a local state_dict file for the backbone (timm/<name>: .safetensors,
+                                   # .pth or .bin, as timm saves or publishes it)
         "width": 32,               # small_cnn only
         "head": "linear",          # linear | normed (cosine head, LDAM's s = 30 assumes it)
         "norm": "batch",           # small_cnn only: batch | group (GroupNorm: no batch statistics)
         "freeze": 0,               # efficientnet_lite0 only: leading stages frozen (weights and BN statistics;
-                                   # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/models/efficientnet_lite.py)
+                                   # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/models/timm_backbones.py)
     },
     "schedule": {
         "epochs": 100,

