@@ -61,6 +61,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rskd_loss.errors import RSKDError
+
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "read_lock"]
 
 LOCK_NAME = ".lock"
@@ -68,7 +70,7 @@ _TAKEOVER_NAME = ".lock.takeover"
 _TAKEOVER_STALE_S = 60.0  # a takeover guard older than this was left by a killed process
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(RSKDError, RuntimeError):
     """The folder is locked by another live (or unverifiable) process; the message names it."""
 
 

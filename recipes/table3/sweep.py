@@ -75,6 +75,7 @@ import numpy as np
 
 from recipes.config import CONFIG_DIR, RULES, ConfigError, load_config, resolve_profile
 from recipes.engine.run_lock import RunLock
+from rskd_loss.errors import RSKDError
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -134,7 +135,7 @@ TEACHER_CONFIG = {rule: f"table3/teacher_{rule}.py" for rule in RULES}
 OLTR_STAGE1_CONFIG = "table3/oltr_stage1.py"
 
 
-class SweepError(RuntimeError):
+class SweepError(RSKDError, RuntimeError):
     """The sweep cannot go on as asked (the message says why and what to do)."""
 
 
