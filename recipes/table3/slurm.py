@@ -3,7 +3,7 @@
     python -m recipes.table3 --profile paper --launcher slurm --slurm-partition gpu --slurm-time 720
     python -m recipes.table3 --profile demo --launcher local      # the same graph on this machine
 
-``--launcher slurm`` submits every unfinished job of :func:`recipes.table3.sweep.build_jobs` with
+``--launcher slurm`` submits every unfinished job of :func:`recipes.table3.jobs.build_jobs` with
 ``sbatch`` (through submitit), in dependency order; a job's dependencies become
 ``--dependency=afterok:<id>:...`` on the SLURM ids of the jobs it needs that are not finished yet
 (queued or running from an earlier submission, or submitted just now); a finished one
@@ -20,12 +20,12 @@ per GPU) on ``--slurm-nodes`` nodes, with torchrun's variables (``RANK``, ``WORL
 job environment, so ``train.py`` runs as under torchrun. The task is ``Checkpointable``: when SLURM
 preempts the job or its time limit comes, submitit requeues it (the same SLURM id, so the dependents
 still wait on it), and the requeued task builds its arguments again: the run folder's ``last.pt``
-adds ``--resume`` (:func:`recipes.table3.sweep.job_argv`) and training continues from its last epoch.
+adds ``--resume`` (:func:`recipes.table3.jobs.job_argv`) and training continues from its last epoch.
 
 ``--launcher local``: submitit's ``LocalExecutor`` runs each job in a child process on this machine
 (``--jobs N`` at once), a job started once its dependencies finished; a failed job blocks its
-dependents only, as in ``run_jobs``. It needs no cluster: the stand-in for tests and for trying the
-launcher out.
+dependents only, as in :func:`recipes.table3.local.run_jobs`. It needs no cluster: the stand-in for
+tests and for trying the launcher out.
 
 Conventions (no code copied): submitit's documentation (github.com/facebookincubator/submitit,
 docs/ "checkpointing", "examples": ``AutoExecutor``, ``slurm_*`` parameters, ``Checkpointable``,
@@ -50,12 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from recipes.config import ConfigError
+from recipes.table3.jobs import REPO_ROOT, Job, is_finished, job_argv, topological_order
+from recipes.table3.local import RunReport, unfinished_jobs
+from recipes.table3.rows import SweepError
 from rskd_loss.fileio import atomic_write_text
 
 __all__ = ["ACTIVE_STATES", "JOBS_FILE", "SlurmOptions", "SubmitReport", "TrainTask", "add_arguments",
            "options_from_args", "slurm_states", "submit_slurm", "run_local", "launch", "read_records"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS_FILE = "slurm_jobs.json"
 TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: sacct states of a job that is still to run or running: it is not submitted again (a requeued or
@@ -149,27 +151,21 @@ class TrainTask(_Base):  # type: ignore[misc, valid-type]
     task: the state to continue from is in the run folder.
     """
 
-    def __init__(self, job: Any, cwd: str) -> None:
-        # the fields, not the object: run as a script, table3's Job is __main__.Job, which the job's
-        # process could not unpickle by reference
+    def __init__(self, job: Job, cwd: str) -> None:
+        # the fields, not the object: a task pickled before a change of the Job class (a job requeued
+        # after an update of the checkout) still unpickles
         self.fields = dataclasses.asdict(job)
         self.cwd = cwd  # the launcher's working directory: the job's relative paths are relative to it
 
     @property
-    def job(self) -> Any:
-        from recipes.table3.sweep import Job
-
+    def job(self) -> Job:
         return Job(**self.fields)
 
     def argv(self) -> list[str]:
-        from recipes.table3.sweep import job_argv
-
         return job_argv(self.job)
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
-        from recipes.table3.sweep import is_finished
-
         _default_signals_in_children()
         export_torch_env()
         job = self.job
@@ -247,8 +243,6 @@ def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     try:
         doc = json.loads(path.read_text("utf-8"))
     except ValueError as exc:
-        from recipes.table3.sweep import SweepError
-
         raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); check the queue (squeue) and "
                          f"remove the file to submit anew") from exc
     return dict(doc.get("jobs", {}))
@@ -270,8 +264,6 @@ def slurm_states(slurm_ids: Sequence[str]) -> dict[str, str]:
     try:
         text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        from recipes.table3.sweep import SweepError
-
         raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {exc}); "
                          "run the submission where sacct works") from exc
     states = {}
@@ -306,14 +298,12 @@ def _slurm_params(opts: SlurmOptions, name: str, dependency: str | None) -> dict
     return {k: v for k, v in params.items() if v is not None}
 
 
-def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOptions, *,
+def submit_slurm(jobs: Sequence[Job], out: str | os.PathLike[str], opts: SlurmOptions, *,
                  states: Any = None) -> SubmitReport:
     """Submit every unfinished job that is not queued, each ``afterok`` on its unfinished dependencies.
 
     ``states``: ``[slurm ids] -> {id: sacct state}``, default :func:`slurm_states` (tests pass a fake).
     """
-    from recipes.table3.sweep import is_finished, topological_order
-
     submitit = _submitit()
     states = slurm_states if states is None else states
     out = Path(out)
@@ -347,8 +337,6 @@ def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOp
             with _importable():
                 sub = ex.submit(TrainTask(j, cwd))
         except Exception as exc:  # sbatch refused it (a bad partition, account, ...)
-            from recipes.table3.sweep import SweepError
-
             raise SweepError(f"sbatch did not take {j.id}: {exc}\n{len(report.submitted)} job(s) submitted before it "
                              f"are recorded in {out / JOBS_FILE}; fix the options and submit the sweep again "
                              "(what is queued is not submitted twice)") from exc
@@ -364,11 +352,9 @@ def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOp
 
 # ------------------------------------------------------------------------------------ local
 
-def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
-              poll_s: float = 0.5) -> Any:
+def run_local(jobs: Sequence[Job], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
+              poll_s: float = 0.5) -> RunReport:
     """Run the unfinished jobs with submitit's local executor in dependency order; a ``RunReport``."""
-    from recipes.table3.sweep import is_finished, unfinished_jobs
-
     submitit = _submitit()
     out = Path(out)
     order, report, status, pending = unfinished_jobs(jobs)
@@ -405,7 +391,7 @@ def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once:
     return report
 
 
-def launch(jobs: Sequence[Any], out: str | os.PathLike[str], a: argparse.Namespace) -> Any:
+def launch(jobs: Sequence[Job], out: str | os.PathLike[str], a: argparse.Namespace) -> RunReport | None:
     """``--launcher`` of ``recipes/table3/``: ``None`` after a SLURM submission, a ``RunReport`` for local."""
     opts = options_from_args(a)
     if a.launcher == "slurm":

@@ -20,7 +20,7 @@ BUILTIN_BASE = {
     "recipes.data.splits:SplitsMismatchError": ValueError,
     "recipes.engine.run_lock:RunLockedError": RuntimeError,
     "recipes.models.backbones:ModelError": ValueError,
-    "recipes.table3.sweep:SweepError": RuntimeError,
+    "recipes.table3.rows:SweepError": RuntimeError,
 }
 
 
