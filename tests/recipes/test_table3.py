@@ -512,3 +512,44 @@ def test_collect_only_cli_writes_tables_without_data(tmp_path, monkeypatch, caps
     assert "| ERM | 90.00 | 50.00 | 10.00 | 50.00 | 1 |" in text  # fold 0 only
     assert Path("runs/table3/demo/table3.md").is_file() and Path("runs/table3/demo/table4.md").is_file()
     assert Path("runs/table3/demo/figures/fig5_ap_change.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ progress
+
+def test_time_left_is_estimated_per_kind_from_the_finished_runs():
+    from recipes.table3.local import estimate_seconds_left
+
+    durations = {"erm": [100.0, 140.0], "teacher": [30.0]}  # erm's mean 120; every run's mean 90
+    assert estimate_seconds_left(["erm", "teacher", "teacher"], durations) == pytest.approx(120 + 30 + 30)
+    # a kind not finished yet: the mean over every finished run (270 / 3 = 90)
+    assert estimate_seconds_left(["ours_shot", "erm"], durations) == pytest.approx(90 + 120)
+    # 2 slots share the work, but the longest job alone takes its time
+    assert estimate_seconds_left(["erm", "erm", "teacher", "teacher"], durations, slots=2) == pytest.approx(150)
+    assert estimate_seconds_left(["erm"], durations, slots=4) == pytest.approx(120)
+    assert estimate_seconds_left([], durations) == 0.0
+    assert estimate_seconds_left(["erm"], {}) is None and estimate_seconds_left(["erm"], {"erm": []}) is None
+
+
+def test_progress_note_says_time_left_and_end():
+    import time as _time
+
+    from recipes.table3.local import progress_note
+
+    now = _time.mktime((2026, 3, 2, 19, 11, 0, 0, 0, -1))  # local 19:11
+    assert progress_note(312.4, None, now) == "[312s elapsed]"
+    assert progress_note(312.4, 41 * 60, now) == "[312s elapsed, ~41 min left, ends ~19:52]"
+    assert progress_note(5, 40, now) == "[5s elapsed, ~40 s left, ends ~19:11]"
+    assert progress_note(5, 6 * 3600, now) == "[5s elapsed, ~6.0 h left, ends ~Tue 01:11]"  # tomorrow
+
+
+def test_the_progress_line_estimates_from_the_runs_of_this_sweep(tmp_path, monkeypatch, capsys):
+    import recipes.train
+
+    jobs = demo_jobs(tmp_path, rows=["erm", "rs"])
+    monkeypatch.setattr(recipes.train, "main", _fake_train_main([]))
+    run_jobs(jobs, tmp_path / "sweep")
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("[sweep] (")]
+    assert len(lines) == 2
+    assert lines[0].startswith("[sweep] (1/2) fold0/seed0/erm  [") and lines[0].endswith("s elapsed]")
+    # rs is not finished yet: the mean of every finished run (erm's) estimates it
+    assert lines[1].startswith("[sweep] (2/2) fold0/seed0/rs  [") and " left, ends ~" in lines[1], lines[1]
