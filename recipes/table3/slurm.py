@@ -27,6 +27,11 @@ adds ``--resume`` (:func:`recipes.table3.jobs.job_argv`) and training continues 
 dependents only, as in :func:`recipes.table3.local.run_jobs`. It needs no cluster: the stand-in for
 tests and for trying the launcher out.
 
+What the user can fix (no SLURM on this machine, ``sbatch`` refusing a job, ``sacct`` failing, a
+damaged ``slurm_jobs.json``) is a :class:`~recipes.table3.rows.SweepError` with a one-line message
+saying what failed and what to do: ``python -m recipes.table3`` prints it as one ``error:`` line,
+exit status 2.
+
 Conventions (no code copied): submitit's documentation (github.com/facebookincubator/submitit,
 docs/ "checkpointing", "examples": ``AutoExecutor``, ``slurm_*`` parameters, ``Checkpointable``,
 ``helpers.TorchDistributedEnvironment``) and the launchers DeiT, DINO and ConvNeXt ship
@@ -38,8 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,16 +243,41 @@ def _importable() -> Iterator[None]:
 # ------------------------------------------------------------------------------------ records
 
 def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """``{job id: {"slurm_id": ..., "submitted": ...}}`` of the sweep's earlier submissions (empty: none)."""
+    """``{job id: {"slurm_id": ..., "submitted": ...}}`` of the sweep's earlier submissions (empty: none).
+
+    A file that is not what :func:`submit_slurm` writes is a ``SweepError``: without it a submission
+    could submit a queued job twice.
+    """
     path = Path(out) / JOBS_FILE
     if not path.is_file():
         return {}
+    fix = "check the queue (squeue -u $USER) and remove the file to submit anew"
     try:
         doc = json.loads(path.read_text("utf-8"))
     except ValueError as exc:
-        raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); check the queue (squeue) and "
-                         f"remove the file to submit anew") from exc
-    return dict(doc.get("jobs", {}))
+        raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); {fix}") from exc
+    jobs = doc.get("jobs") if isinstance(doc, dict) else None
+    if not isinstance(jobs, dict):
+        raise SweepError(f"{path}: expected an object {{\"jobs\": {{job id: {{\"slurm_id\": ...}}}}}}, got "
+                         f"{_short(doc)}; {fix}")
+    for jid, record in jobs.items():
+        if not isinstance(record, dict) or not str(record.get("slurm_id", "")).strip():
+            raise SweepError(f"{path}: expected a SLURM id for job {jid!r} ({{\"slurm_id\": ...}}), got "
+                             f"{_short(record)}; {fix}")
+    return dict(jobs)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as JSON on one line, cut at ``limit`` characters (for a message)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    """The line of a tool's output that says what went wrong (the first naming an error, else the first),
+    with its white space collapsed: a message stays one line."""
+    lines = [" ".join(s.split()) for s in text.splitlines() if s.strip()]
+    return next((s for s in lines if "error" in s.lower()), lines[0] if lines else "no message")
 
 
 def _write_records(out: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
@@ -264,8 +296,9 @@ def slurm_states(slurm_ids: Sequence[str]) -> dict[str, str]:
     try:
         text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {exc}); "
-                         "run the submission where sacct works") from exc
+        said = _one_line(getattr(exc, "stderr", None) or str(exc))
+        raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {said}); "
+                         "submit again where sacct works, or wait until the accounting database answers") from exc
     states = {}
     for line in text.splitlines():
         jid, _, state = line.strip().partition("|")
@@ -298,6 +331,43 @@ def _slurm_params(opts: SlurmOptions, name: str, dependency: str | None) -> dict
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _require_slurm() -> None:
+    """SLURM's ``sbatch`` and ``srun`` on ``PATH``, else a ``SweepError`` saying where to submit from.
+
+    Checked before anything is submitted or recorded (submitit would stop at its first job, with
+    ``RuntimeError: Could not detect "srun"``)."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise SweepError(f"--launcher slurm needs SLURM's {' and '.join(missing)}, not found on PATH here; "
+                         "submit from a node of the SLURM cluster (a login node), or run the sweep on this "
+                         "machine without --launcher (or with --launcher local)")
+
+
+def _submit_one(submitit: Any, j: Job, out: Path, opts: SlurmOptions, dependency: str | None, cwd: str,
+                n_before: int) -> str:
+    """Submit one job with sbatch (through submitit); its SLURM id.
+
+    sbatch's refusal (a bad partition, account, time limit ...) becomes one ``SweepError`` line quoting
+    sbatch's error; submitit's own print of sbatch's stderr is held back (it would come before the
+    ``error:`` line).
+    """
+    said = io.StringIO()
+    try:
+        ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=opts.max_num_timeout)
+        ex.update_parameters(**_slurm_params(opts, f"rskd:{j.id}", dependency))
+        with _importable(), contextlib.redirect_stderr(said):
+            sub = ex.submit(TrainTask(j, cwd))
+    except Exception as exc:  # sbatch refused it, or could not be run
+        reason = _one_line(f"{said.getvalue()}\n{exc}")
+        before = (f"the {n_before} job(s) submitted before it are recorded in {out / JOBS_FILE}" if n_before
+                  else "nothing was submitted")
+        raise SweepError(f"sbatch did not take {j.id}: {reason}; {before}; fix the --slurm-* options and submit "
+                         "the sweep again (what is queued is not submitted twice)") from exc
+    sys.stderr.write(said.getvalue())  # sbatch's warnings on a submission it took
+    return str(sub.job_id)
+
+
 def submit_slurm(jobs: Sequence[Job], out: str | os.PathLike[str], opts: SlurmOptions, *,
                  states: Any = None) -> SubmitReport:
     """Submit every unfinished job that is not queued, each ``afterok`` on its unfinished dependencies.
@@ -305,6 +375,7 @@ def submit_slurm(jobs: Sequence[Job], out: str | os.PathLike[str], opts: SlurmOp
     ``states``: ``[slurm ids] -> {id: sacct state}``, default :func:`slurm_states` (tests pass a fake).
     """
     submitit = _submitit()
+    _require_slurm()
     states = slurm_states if states is None else states
     out = Path(out)
     order = topological_order(jobs)
@@ -330,20 +401,11 @@ def submit_slurm(jobs: Sequence[Job], out: str | os.PathLike[str], opts: SlurmOp
             continue
         after = [slurm_id[d] for d in j.deps if d in slurm_id]  # the others finished
         dependency = "afterok:" + ":".join(after) if after else None
-        ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm",
-                                   slurm_max_num_timeout=opts.max_num_timeout)
-        ex.update_parameters(**_slurm_params(opts, f"rskd:{j.id}", dependency))
-        try:
-            with _importable():
-                sub = ex.submit(TrainTask(j, cwd))
-        except Exception as exc:  # sbatch refused it (a bad partition, account, ...)
-            raise SweepError(f"sbatch did not take {j.id}: {exc}\n{len(report.submitted)} job(s) submitted before it "
-                             f"are recorded in {out / JOBS_FILE}; fix the options and submit the sweep again "
-                             "(what is queued is not submitted twice)") from exc
-        slurm_id[j.id] = report.submitted[j.id] = str(sub.job_id)
-        records[j.id] = {"slurm_id": str(sub.job_id), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        new_id = _submit_one(submitit, j, out, opts, dependency, cwd, len(report.submitted))
+        slurm_id[j.id] = report.submitted[j.id] = new_id
+        records[j.id] = {"slurm_id": new_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_records(out, records)  # after each one: an interrupted submission still knows what it queued
-        print(f"[slurm] {sub.job_id} {j.id}" + (f"  after {' '.join(after)}" if after else ""), flush=True)
+        print(f"[slurm] {new_id} {j.id}" + (f"  after {' '.join(after)}" if after else ""), flush=True)
     print(f"[slurm] {len(report.submitted)} job(s) submitted, {len(report.queued)} already queued or running, "
           f"{len(report.skipped)} finished; ids in {out / JOBS_FILE}, logs in {out / 'slurm'}/<id>/; "
           f"collect with --collect-only when they are done", flush=True)

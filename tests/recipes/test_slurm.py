@@ -23,6 +23,7 @@ pytest.importorskip("submitit")
 
 from recipes.table3 import cli as table3_cli
 from recipes.table3 import jobs as table3_jobs
+from recipes.table3 import rows as table3_rows
 from recipes.table3 import slurm
 from recipes.train import get_args_parser
 
@@ -263,3 +264,18 @@ def test_processes_forked_by_a_task_end_on_sigterm():
     env = {**os.environ, "PYTHONPATH": str(slurm.REPO_ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0 and done.stdout.split() == ["1", "ended"], done.stderr
+
+
+def test_sbatch_refusing_a_later_job_keeps_the_earlier_ones_recorded(tmp_path, fake_slurm, capsys):
+    sbatch = tmp_path / "bin" / "sbatch"  # takes two jobs, then refuses
+    sbatch.write_text(sbatch.read_text().replace(
+        'echo "Submitted batch job $n"\n',
+        'if [ "$n" -gt 1002 ]; then echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; fi\n'
+        'echo "Submitted batch job $n"\n'))
+    with pytest.raises(table3_rows.SweepError) as stop:
+        _submit()
+    message = str(stop.value)
+    assert "\n" not in message and "sbatch: error: QOSMaxSubmitJobPerUserLimit" in message
+    assert "the 2 job(s) submitted before it are recorded in sw/slurm_jobs.json" in message
+    assert sorted(r["slurm_id"] for r in slurm.read_records("sw").values()) == ["1001", "1002"]
+    assert "QOSMaxSubmitJobPerUserLimit" not in capsys.readouterr().err  # submitit's print of it held back
