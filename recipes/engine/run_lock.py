@@ -1,6 +1,6 @@
 """One live process per run folder (or sweep folder): a lock file ``FOLDER/.lock``.
 
-A run (``train.py``) or a sweep (``table3.py``) takes the lock of its folder before it touches anything
+A run (``recipes.train``) or a sweep (``recipes.table3``) takes the lock of its folder before it touches anything
 there, and only then removes the temporary files a killed predecessor left::
 
     with RunLock(out_dir, command=sys.argv) as lock:
