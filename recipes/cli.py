@@ -11,18 +11,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rskd_loss.errors import RSKDError
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from recipes.config import ConfigError
-    from recipes.data import BadImageError, CSVDataError
-    from recipes.data.splits import SplitsMismatchError
-    from recipes.engine.run_lock import RunLockedError
-    from recipes.models.backbones import ModelError
-    from rskd_loss.fileio import DiskWriteError
-    from rskd_loss.priors import PriorError
-
-    return (ConfigError, FileNotFoundError, CSVDataError, BadImageError, ModelError, FloatingPointError,
-            SplitsMismatchError, PriorError, RunLockedError, DiskWriteError)
+    """What :func:`run_command` reports as one line: every error class of the package and the recipes
+    (:class:`rskd_loss.RSKDError`: config, data, splits, prior, model, run lock, disk, sweep), a missing
+    file, and a non-finite loss (``FloatingPointError``, raised by the training loop)."""
+    return (RSKDError, FileNotFoundError, FloatingPointError)
 
 
 def run_command(main: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rskd_loss.errors import RSKDError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 DEFAULTS: dict[str, Any] = {
@@ -124,7 +126,7 @@ def needs_prior(cfg: Mapping) -> bool:
     return p["rule"] == "region" or (p["rule"] == "feature" and p["num_subsets"] is None)
 
 
-class ConfigError(ValueError):
+class ConfigError(RSKDError, ValueError):
     """A configuration key is unknown, of the wrong type, or out of range (the message names it)."""
 
 

@@ -3,8 +3,10 @@
 Data flows one way: data set -> :class:`SubsetPartitioner` -> teachers (:class:`SubsetTeachers`, or
 their logits cached in a :class:`TeacherLogitBank`) -> :class:`WeightedSubsetKDLoss` around any base
 criterion -> per-class AP (:mod:`rskd_loss.metrics`) -> :meth:`WeightedSubsetKDLoss.update_weights`.
-:mod:`rskd_loss.workflow` puts these steps into a training loop of your own.
+:mod:`rskd_loss.workflow` puts these steps into a training loop of your own. Every error raised on
+purpose (a bad prior, a failed write) is a :class:`RSKDError`: one ``except`` catches them all.
 """
+from .errors import RSKDError
 from .fileio import file_sha256
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
 from .partition import Partition, SubsetPartitioner, TeacherView
@@ -22,6 +24,7 @@ from .workflow import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "RSKDError",
     "binary_kd_loss",
     "WeightedSubsetKDLoss",
     "KDLossParts",

@@ -27,6 +27,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import RSKDError
+
 __all__ = ["DiskWriteError", "LOW_SPACE_BYTES", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "file_sha256", "disk_write_error", "reserve_space"]
 
@@ -46,7 +48,7 @@ _CAUSES = {
 _TORCH_WRITE_MARKERS = ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")
 
 
-class DiskWriteError(OSError):
+class DiskWriteError(RSKDError, OSError):
     """A file could not be written for a reason to fix outside the program: full disk or quota, no
     permission, read-only file system. ``errno`` is the cause; ``filename`` the target; the message is
     one line naming the file, the cause and where to fix it; the previous file is intact."""

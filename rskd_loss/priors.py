@@ -52,6 +52,8 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from .errors import RSKDError
+
 __all__ = [
     "PriorError",
     "resolve_prior",
@@ -74,7 +76,7 @@ _FOLDER = "priors"
 TEMPLATE_COMMAND = "python -m recipes.data.describe --csv YOUR_LABELS.csv --write-prior my_prior.json"
 
 
-class PriorError(ValueError):
+class PriorError(RSKDError, ValueError):
     """No prior, or one that does not cover the data set's classes; the message says how to write one."""
 
 

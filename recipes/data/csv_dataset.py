@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rskd_loss.errors import RSKDError
+
 __all__ = [
     "CSVDataError",
     "BadImageError",
@@ -73,11 +75,11 @@ EMPTY_CLASS_POLICIES = ("warn", "error", "ignore")
 _MAX_LISTED = 5  # how many offending items an error message lists before "and N more"
 
 
-class CSVDataError(ValueError):
+class CSVDataError(RSKDError, ValueError):
     """Bad data in a labels CSV or its image folder; the message names file, line and column."""
 
 
-class BadImageError(OSError):
+class BadImageError(RSKDError, OSError):
     """An image file that exists but cannot be decoded (truncated, not an image)."""
 
 

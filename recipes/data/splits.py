@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from rskd_loss.errors import RSKDError
 from rskd_loss.fileio import atomic_write_text, file_sha256
 
 __all__ = [
@@ -114,7 +115,7 @@ class Splits:
                         "model selection"}
 
 
-class SplitsMismatchError(ValueError):
+class SplitsMismatchError(RSKDError, ValueError):
     """A split file made from another CSV (other bytes) than the one it is loaded for."""
 
 

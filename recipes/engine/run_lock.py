@@ -1,6 +1,6 @@
 """One live process per run folder (or sweep folder): a lock file ``FOLDER/.lock``.
 
-A run (``train.py``) or a sweep (``table3.py``) takes the lock of its folder before it touches anything
+A run (``recipes.train``) or a sweep (``recipes.table3``) takes the lock of its folder before it touches anything
 there, and only then removes the temporary files a killed predecessor left::
 
     with RunLock(out_dir, command=sys.argv) as lock:
@@ -61,6 +61,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rskd_loss.errors import RSKDError
+
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "read_lock"]
 
 LOCK_NAME = ".lock"
@@ -68,7 +70,7 @@ _TAKEOVER_NAME = ".lock.takeover"
 _TAKEOVER_STALE_S = 60.0  # a takeover guard older than this was left by a killed process
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(RSKDError, RuntimeError):
     """The folder is locked by another live (or unverifiable) process; the message names it."""
 
 

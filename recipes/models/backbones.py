@@ -29,9 +29,10 @@ from torch import nn
 
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead
+from rskd_loss.errors import RSKDError
 
 
-class ModelError(ValueError):
+class ModelError(RSKDError, ValueError):
     """A model cannot be built as configured (the message says what to change)."""
 
 

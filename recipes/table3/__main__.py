@@ -1,5 +1,5 @@
-"""``python -m recipes.table3``: the Table 3 / Table 4 sweep (see :mod:`recipes.table3.sweep`)."""
+"""``python -m recipes.table3``: the Table 3 / Table 4 sweep (see :mod:`recipes.table3.cli`)."""
 from recipes.cli import run_command
-from recipes.table3.sweep import SweepError, main
+from recipes.table3.cli import main
 
-raise SystemExit(run_command(main, also=(SweepError,)))
+raise SystemExit(run_command(main))

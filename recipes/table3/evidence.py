@@ -3,7 +3,7 @@ and four diagnostics of the method (teachers vs ERM, KD weights, KD gradients, p
 
     python -m recipes.table3 --profile paper --collect-only --evidence --pair ours_focal:focal
 
-:func:`write_evidence` reads the finished runs of a sweep folder (layout: ``recipes/table3/``) and
+:func:`write_evidence` reads the finished runs of a sweep folder (layout: :mod:`recipes.table3.rows`) and
 writes under ``<out>/evidence/`` (atomically): ``evidence.md`` (the report it returns), ``paired.md/.csv``,
 ``pooled.md/.csv``, ``pooled_counts.csv``, ``teachers.md/.csv``, ``kd_weights.csv``, ``grad_ratio.md/.csv``,
 ``ap_change.csv`` and ``fig_*.png``. A missing file is left out with a line in the report, never an error.
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from recipes.table3.sweep import ROWS, run_dir_name, run_group_map, teachers_dir
+from recipes.table3.collect import run_group_map
+from recipes.table3.rows import ROWS, run_dir_name, teachers_dir
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from rskd_loss.metrics import average_precision_per_class, group_map, shot_group_of, shot_groups
 from rskd_loss.partition import RULES, Partition

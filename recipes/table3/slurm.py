@@ -3,7 +3,7 @@
     python -m recipes.table3 --profile paper --launcher slurm --slurm-partition gpu --slurm-time 720
     python -m recipes.table3 --profile demo --launcher local      # the same graph on this machine
 
-``--launcher slurm`` submits every unfinished job of :func:`recipes.table3.sweep.build_jobs` with
+``--launcher slurm`` submits every unfinished job of :func:`recipes.table3.jobs.build_jobs` with
 ``sbatch`` (through submitit), in dependency order; a job's dependencies become
 ``--dependency=afterok:<id>:...`` on the SLURM ids of the jobs it needs that are not finished yet
 (queued or running from an earlier submission, or submitted just now); a finished one
@@ -20,12 +20,17 @@ per GPU) on ``--slurm-nodes`` nodes, with torchrun's variables (``RANK``, ``WORL
 job environment, so ``train.py`` runs as under torchrun. The task is ``Checkpointable``: when SLURM
 preempts the job or its time limit comes, submitit requeues it (the same SLURM id, so the dependents
 still wait on it), and the requeued task builds its arguments again: the run folder's ``last.pt``
-adds ``--resume`` (:func:`recipes.table3.sweep.job_argv`) and training continues from its last epoch.
+adds ``--resume`` (:func:`recipes.table3.jobs.job_argv`) and training continues from its last epoch.
 
 ``--launcher local``: submitit's ``LocalExecutor`` runs each job in a child process on this machine
 (``--jobs N`` at once), a job started once its dependencies finished; a failed job blocks its
-dependents only, as in ``run_jobs``. It needs no cluster: the stand-in for tests and for trying the
-launcher out.
+dependents only, as in :func:`recipes.table3.local.run_jobs`. It needs no cluster: the stand-in for
+tests and for trying the launcher out.
+
+What the user can fix (no SLURM on this machine, ``sbatch`` refusing a job, ``sacct`` failing, a
+damaged ``slurm_jobs.json``) is a :class:`~recipes.table3.rows.SweepError` with a one-line message
+saying what failed and what to do: ``python -m recipes.table3`` prints it as one ``error:`` line,
+exit status 2.
 
 Conventions (no code copied): submitit's documentation (github.com/facebookincubator/submitit,
 docs/ "checkpointing", "examples": ``AutoExecutor``, ``slurm_*`` parameters, ``Checkpointable``,
@@ -38,8 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,12 +57,14 @@ from pathlib import Path
 from typing import Any
 
 from recipes.config import ConfigError
+from recipes.table3.jobs import REPO_ROOT, Job, is_finished, job_argv, topological_order
+from recipes.table3.local import RunReport, unfinished_jobs
+from recipes.table3.rows import SweepError
 from rskd_loss.fileio import atomic_write_text
 
 __all__ = ["ACTIVE_STATES", "JOBS_FILE", "SlurmOptions", "SubmitReport", "TrainTask", "add_arguments",
            "options_from_args", "slurm_states", "submit_slurm", "run_local", "launch", "read_records"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS_FILE = "slurm_jobs.json"
 TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: sacct states of a job that is still to run or running: it is not submitted again (a requeued or
@@ -149,27 +158,21 @@ class TrainTask(_Base):  # type: ignore[misc, valid-type]
     task: the state to continue from is in the run folder.
     """
 
-    def __init__(self, job: Any, cwd: str) -> None:
-        # the fields, not the object: run as a script, table3's Job is __main__.Job, which the job's
-        # process could not unpickle by reference
+    def __init__(self, job: Job, cwd: str) -> None:
+        # the fields, not the object: a task pickled before a change of the Job class (a job requeued
+        # after an update of the checkout) still unpickles
         self.fields = dataclasses.asdict(job)
         self.cwd = cwd  # the launcher's working directory: the job's relative paths are relative to it
 
     @property
-    def job(self) -> Any:
-        from recipes.table3.sweep import Job
-
+    def job(self) -> Job:
         return Job(**self.fields)
 
     def argv(self) -> list[str]:
-        from recipes.table3.sweep import job_argv
-
         return job_argv(self.job)
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
-        from recipes.table3.sweep import is_finished
-
         _default_signals_in_children()
         export_torch_env()
         job = self.job
@@ -240,18 +243,41 @@ def _importable() -> Iterator[None]:
 # ------------------------------------------------------------------------------------ records
 
 def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """``{job id: {"slurm_id": ..., "submitted": ...}}`` of the sweep's earlier submissions (empty: none)."""
+    """``{job id: {"slurm_id": ..., "submitted": ...}}`` of the sweep's earlier submissions (empty: none).
+
+    A file that is not what :func:`submit_slurm` writes is a ``SweepError``: without it a submission
+    could submit a queued job twice.
+    """
     path = Path(out) / JOBS_FILE
     if not path.is_file():
         return {}
+    fix = "check the queue (squeue -u $USER) and remove the file to submit anew"
     try:
         doc = json.loads(path.read_text("utf-8"))
     except ValueError as exc:
-        from recipes.table3.sweep import SweepError
+        raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); {fix}") from exc
+    jobs = doc.get("jobs") if isinstance(doc, dict) else None
+    if not isinstance(jobs, dict):
+        raise SweepError(f"{path}: expected an object {{\"jobs\": {{job id: {{\"slurm_id\": ...}}}}}}, got "
+                         f"{_short(doc)}; {fix}")
+    for jid, record in jobs.items():
+        if not isinstance(record, dict) or not str(record.get("slurm_id", "")).strip():
+            raise SweepError(f"{path}: expected a SLURM id for job {jid!r} ({{\"slurm_id\": ...}}), got "
+                             f"{_short(record)}; {fix}")
+    return dict(jobs)
 
-        raise SweepError(f"{path}: expected JSON, got invalid JSON ({exc}); check the queue (squeue) and "
-                         f"remove the file to submit anew") from exc
-    return dict(doc.get("jobs", {}))
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as JSON on one line, cut at ``limit`` characters (for a message)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    """The line of a tool's output that says what went wrong (the first naming an error, else the first),
+    with its white space collapsed: a message stays one line."""
+    lines = [" ".join(s.split()) for s in text.splitlines() if s.strip()]
+    return next((s for s in lines if "error" in s.lower()), lines[0] if lines else "no message")
 
 
 def _write_records(out: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
@@ -270,10 +296,9 @@ def slurm_states(slurm_ids: Sequence[str]) -> dict[str, str]:
     try:
         text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        from recipes.table3.sweep import SweepError
-
-        raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {exc}); "
-                         "run the submission where sacct works") from exc
+        said = _one_line(getattr(exc, "stderr", None) or str(exc))
+        raise SweepError(f"cannot ask SLURM for the state of the sweep's jobs ({' '.join(cmd[:3])} ...: {said}); "
+                         "submit again where sacct works, or wait until the accounting database answers") from exc
     states = {}
     for line in text.splitlines():
         jid, _, state = line.strip().partition("|")
@@ -306,15 +331,51 @@ def _slurm_params(opts: SlurmOptions, name: str, dependency: str | None) -> dict
     return {k: v for k, v in params.items() if v is not None}
 
 
-def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOptions, *,
+def _require_slurm() -> None:
+    """SLURM's ``sbatch`` and ``srun`` on ``PATH``, else a ``SweepError`` saying where to submit from.
+
+    Checked before anything is submitted or recorded (submitit would stop at its first job, with
+    ``RuntimeError: Could not detect "srun"``)."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise SweepError(f"--launcher slurm needs SLURM's {' and '.join(missing)}, not found on PATH here; "
+                         "submit from a node of the SLURM cluster (a login node), or run the sweep on this "
+                         "machine without --launcher (or with --launcher local)")
+
+
+def _submit_one(submitit: Any, j: Job, out: Path, opts: SlurmOptions, dependency: str | None, cwd: str,
+                n_before: int) -> str:
+    """Submit one job with sbatch (through submitit); its SLURM id.
+
+    sbatch's refusal (a bad partition, account, time limit ...) becomes one ``SweepError`` line quoting
+    sbatch's error; submitit's own print of sbatch's stderr is held back (it would come before the
+    ``error:`` line).
+    """
+    said = io.StringIO()
+    try:
+        ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=opts.max_num_timeout)
+        ex.update_parameters(**_slurm_params(opts, f"rskd:{j.id}", dependency))
+        with _importable(), contextlib.redirect_stderr(said):
+            sub = ex.submit(TrainTask(j, cwd))
+    except Exception as exc:  # sbatch refused it, or could not be run
+        reason = _one_line(f"{said.getvalue()}\n{exc}")
+        before = (f"the {n_before} job(s) submitted before it are recorded in {out / JOBS_FILE}" if n_before
+                  else "nothing was submitted")
+        raise SweepError(f"sbatch did not take {j.id}: {reason}; {before}; fix the --slurm-* options and submit "
+                         "the sweep again (what is queued is not submitted twice)") from exc
+    sys.stderr.write(said.getvalue())  # sbatch's warnings on a submission it took
+    return str(sub.job_id)
+
+
+def submit_slurm(jobs: Sequence[Job], out: str | os.PathLike[str], opts: SlurmOptions, *,
                  states: Any = None) -> SubmitReport:
     """Submit every unfinished job that is not queued, each ``afterok`` on its unfinished dependencies.
 
     ``states``: ``[slurm ids] -> {id: sacct state}``, default :func:`slurm_states` (tests pass a fake).
     """
-    from recipes.table3.sweep import is_finished, topological_order
-
     submitit = _submitit()
+    _require_slurm()
     states = slurm_states if states is None else states
     out = Path(out)
     order = topological_order(jobs)
@@ -340,22 +401,11 @@ def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOp
             continue
         after = [slurm_id[d] for d in j.deps if d in slurm_id]  # the others finished
         dependency = "afterok:" + ":".join(after) if after else None
-        ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm",
-                                   slurm_max_num_timeout=opts.max_num_timeout)
-        ex.update_parameters(**_slurm_params(opts, f"rskd:{j.id}", dependency))
-        try:
-            with _importable():
-                sub = ex.submit(TrainTask(j, cwd))
-        except Exception as exc:  # sbatch refused it (a bad partition, account, ...)
-            from recipes.table3.sweep import SweepError
-
-            raise SweepError(f"sbatch did not take {j.id}: {exc}\n{len(report.submitted)} job(s) submitted before it "
-                             f"are recorded in {out / JOBS_FILE}; fix the options and submit the sweep again "
-                             "(what is queued is not submitted twice)") from exc
-        slurm_id[j.id] = report.submitted[j.id] = str(sub.job_id)
-        records[j.id] = {"slurm_id": str(sub.job_id), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        new_id = _submit_one(submitit, j, out, opts, dependency, cwd, len(report.submitted))
+        slurm_id[j.id] = report.submitted[j.id] = new_id
+        records[j.id] = {"slurm_id": new_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_records(out, records)  # after each one: an interrupted submission still knows what it queued
-        print(f"[slurm] {sub.job_id} {j.id}" + (f"  after {' '.join(after)}" if after else ""), flush=True)
+        print(f"[slurm] {new_id} {j.id}" + (f"  after {' '.join(after)}" if after else ""), flush=True)
     print(f"[slurm] {len(report.submitted)} job(s) submitted, {len(report.queued)} already queued or running, "
           f"{len(report.skipped)} finished; ids in {out / JOBS_FILE}, logs in {out / 'slurm'}/<id>/; "
           f"collect with --collect-only when they are done", flush=True)
@@ -364,11 +414,9 @@ def submit_slurm(jobs: Sequence[Any], out: str | os.PathLike[str], opts: SlurmOp
 
 # ------------------------------------------------------------------------------------ local
 
-def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
-              poll_s: float = 0.5) -> Any:
+def run_local(jobs: Sequence[Job], out: str | os.PathLike[str], *, jobs_at_once: int = 1, timeout_min: int = 24 * 60,
+              poll_s: float = 0.5) -> RunReport:
     """Run the unfinished jobs with submitit's local executor in dependency order; a ``RunReport``."""
-    from recipes.table3.sweep import is_finished, unfinished_jobs
-
     submitit = _submitit()
     out = Path(out)
     order, report, status, pending = unfinished_jobs(jobs)
@@ -405,7 +453,7 @@ def run_local(jobs: Sequence[Any], out: str | os.PathLike[str], *, jobs_at_once:
     return report
 
 
-def launch(jobs: Sequence[Any], out: str | os.PathLike[str], a: argparse.Namespace) -> Any:
+def launch(jobs: Sequence[Job], out: str | os.PathLike[str], a: argparse.Namespace) -> RunReport | None:
     """``--launcher`` of ``recipes/table3/``: ``None`` after a SLURM submission, a ``RunReport`` for local."""
     opts = options_from_args(a)
     if a.launcher == "slurm":

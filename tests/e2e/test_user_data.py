@@ -113,15 +113,15 @@ def test_the_region_rule_runs_with_the_users_prior(env, tmp_path, capsys):
 
 
 def _cli(argv: list[str], capsys, program: str = "train") -> str:
-    """``train.py``'s (or ``table3.py``'s) command line in process: stderr after the expected exit status 2."""
-    from recipes.table3 import sweep as table3
+    """``recipes.train``'s (or ``recipes.table3``'s) command line in process: stderr after the expected exit status 2."""
+    from recipes.table3.cli import main as table3_main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         if program == "train":
             run_command(lambda: main(argv))
         else:
-            run_command(lambda: table3.main(argv), also=(table3.SweepError,))
+            run_command(lambda: table3_main(argv))
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err

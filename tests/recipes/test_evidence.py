@@ -22,7 +22,7 @@ import pytest
 from scipy import stats
 
 from recipes.config import ConfigError
-from recipes.table3 import sweep as table3
+from recipes.table3 import cli as table3_cli
 from recipes.table3.evidence import bootstrap_group_maps, t_interval, weighted_ap, write_evidence
 from rskd_loss.metrics import average_precision_per_class
 from rskd_loss.partition import Partition
@@ -304,11 +304,11 @@ def test_table3_cli_writes_evidence(tmp_path, monkeypatch, capsys):
     make_sweep(tmp_path / "runs" / "table3" / "paper")
     seen = {}
     monkeypatch.setattr("recipes.table3.evidence.write_evidence", lambda *a, **k: seen.update(a=a, k=k) or "EVIDENCE")
-    monkeypatch.setattr(table3, "collect", lambda *a, **k: "")
-    assert table3.main(["--profile", "paper", "--collect-only", "--rows", "erm", "focal", "--evidence",
+    monkeypatch.setattr(table3_cli, "collect", lambda *a, **k: "")
+    assert table3_cli.main(["--profile", "paper", "--collect-only", "--rows", "erm", "focal", "--evidence",
                         "--pair", "ours_focal:focal", "--no-figures"]) == 0
     assert "EVIDENCE" in capsys.readouterr().out
     assert seen["a"][1:] == ([0, 1, 2, 3], [0], ["erm", "focal"])
     assert seen["k"]["pairs"] == [("ours_focal", "focal")] and seen["k"]["ours_rule"] == "shot"
     with pytest.raises(ConfigError, match="ROW:REF"):
-        table3.main(["--profile", "paper", "--collect-only", "--evidence", "--pair", "ours_focal"])
+        table3_cli.main(["--profile", "paper", "--collect-only", "--evidence", "--pair", "ours_focal"])

@@ -21,8 +21,10 @@ import pytest
 
 pytest.importorskip("submitit")
 
+from recipes.table3 import cli as table3_cli
+from recipes.table3 import jobs as table3_jobs
+from recipes.table3 import rows as table3_rows
 from recipes.table3 import slurm
-from recipes.table3 import sweep as table3
 from recipes.train import get_args_parser
 
 ROWS = ["erm", "ours_shot", "oltr"]
@@ -50,7 +52,7 @@ def _tiny_profile(tmp: Path) -> Path:
 
 
 def _sweep(profile: Path, out: Path, *extra: str) -> int:
-    return table3.main(["--profile", str(profile), "--tables", "3", "--rows", *ROWS, "--out", str(out),
+    return table3_cli.main(["--profile", str(profile), "--tables", "3", "--rows", *ROWS, "--out", str(out),
                         "--no-figures", *extra])
 
 
@@ -105,7 +107,7 @@ def fake_slurm(tmp_path, monkeypatch):
     for f in ("sbatch", "srun"):
         (bin_dir / f).chmod((bin_dir / f).stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(table3, "fold_class_data",
+    monkeypatch.setattr(table3_jobs, "fold_class_data",
                         lambda cfg: (np.asarray([120, 80, 60, 40, 30, 20, 10, 5]), tuple(f"c{i}" for i in range(8))))
     monkeypatch.chdir(tmp_path)
 
@@ -148,14 +150,14 @@ SLURM_ARGS = ["--launcher", "slurm", "--slurm-partition", "gpu", "--slurm-gpus-p
 
 
 def _submit(*extra: str) -> int:
-    return table3.main(["--profile", "demo", "--tables", "3", "--rows", *ROWS, "--out", "sw", *SLURM_ARGS, *extra])
+    return table3_cli.main(["--profile", "demo", "--tables", "3", "--rows", *ROWS, "--out", "sw", *SLURM_ARGS, *extra])
 
 
 def test_slurm_submission_files_dependencies_and_command(tmp_path, fake_slurm, monkeypatch, capsys):
     out = Path("sw")
     # subset0 finished: no dependency on it; subset1 queued by an earlier submission (SLURM id 777,
     # PENDING): afterok on 777 and not submitted again; subset2 ran and failed (id 778): submitted again
-    table3._check_manifest(out, "demo", [], None)
+    table3_cli.check_manifest(out, "demo", [], None)
     _write_result(out / "fold0/seed0/teachers_shot/subset0", "teacher")
     slurm._write_records(out, {"fold0/seed0/teachers_shot/subset1": {"slurm_id": "777"},
                                "fold0/seed0/teachers_shot/subset2": {"slurm_id": "778"}})
@@ -223,7 +225,7 @@ def test_resubmission_submits_nothing_while_jobs_are_queued_or_finished(tmp_path
     assert fake_slurm() == 7 and slurm.read_records("sw") == first
     assert "0 job(s) submitted, 3 already queued or running, 4 finished" in capsys.readouterr().out
     # --collect-only reads the finished runs and submits nothing
-    assert table3.main(["--profile", "demo", "--tables", "3", "--rows", *ROWS, "--out", "sw", "--collect-only",
+    assert table3_cli.main(["--profile", "demo", "--tables", "3", "--rows", *ROWS, "--out", "sw", "--collect-only",
                         "--no-figures"]) == 0
     assert "| ERM | 50.00 | 50.00 | n/a | 50.00 | 1 |" in capsys.readouterr().out
     assert fake_slurm() == 7
@@ -262,3 +264,18 @@ def test_processes_forked_by_a_task_end_on_sigterm():
     env = {**os.environ, "PYTHONPATH": str(slurm.REPO_ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0 and done.stdout.split() == ["1", "ended"], done.stderr
+
+
+def test_sbatch_refusing_a_later_job_keeps_the_earlier_ones_recorded(tmp_path, fake_slurm, capsys):
+    sbatch = tmp_path / "bin" / "sbatch"  # takes two jobs, then refuses
+    sbatch.write_text(sbatch.read_text().replace(
+        'echo "Submitted batch job $n"\n',
+        'if [ "$n" -gt 1002 ]; then echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; fi\n'
+        'echo "Submitted batch job $n"\n'))
+    with pytest.raises(table3_rows.SweepError) as stop:
+        _submit()
+    message = str(stop.value)
+    assert "\n" not in message and "sbatch: error: QOSMaxSubmitJobPerUserLimit" in message
+    assert "the 2 job(s) submitted before it are recorded in sw/slurm_jobs.json" in message
+    assert sorted(r["slurm_id"] for r in slurm.read_records("sw").values()) == ["1001", "1002"]
+    assert "QOSMaxSubmitJobPerUserLimit" not in capsys.readouterr().err  # submitit's print of it held back

@@ -18,23 +18,14 @@ import numpy as np
 import pytest
 
 from recipes.config import CONFIG_DIR, ConfigError, load_config
-from recipes.table3 import sweep as table3
-from recipes.table3.sweep import (
-    OURS,
-    ROWS,
-    TABLE3_ROWS,
-    TABLE4_ROWS,
-    Job,
-    SweepError,
-    build_jobs,
-    collect_table,
-    is_finished,
-    run_dir_name,
-    run_jobs,
-    teachers_dir,
-    topological_order,
-    write_table,
-)
+from recipes.table3 import cli as table3_cli
+from recipes.table3 import figures as table3_figures
+from recipes.table3 import jobs as table3_jobs
+from recipes.table3 import local as table3_local
+from recipes.table3.collect import collect_table, write_table
+from recipes.table3.jobs import Job, build_jobs, is_finished, job_argv, topological_order
+from recipes.table3.local import run_jobs
+from recipes.table3.rows import OURS, ROWS, TABLE3_ROWS, TABLE4_ROWS, SweepError, run_dir_name, teachers_dir
 
 PROFILES = sorted(p.stem for p in (CONFIG_DIR / "profiles").glob("*.py"))
 METHOD_CONFIGS = sorted(p for d in ("table3", "table4") for p in (CONFIG_DIR / d).glob("*.py"))
@@ -338,7 +329,7 @@ def test_parallel_slots_respect_dependencies(tmp_path, monkeypatch):
               "os.makedirs(out, exist_ok=True); ok and open(os.path.join(out, 'result.json'), 'w').write('{}'); "
               "sys.exit(0 if ok else 3)")
     dirs = {j.id: j.out_dir for j in jobs}
-    monkeypatch.setattr(table3, "job_command",
+    monkeypatch.setattr(table3_local, "job_command",
                         lambda job, **kw: [sys.executable, "-c", script, job.out_dir, *(dirs[d] for d in job.deps)])
     report = run_jobs(jobs, tmp_path / "sweep", jobs_at_once=3, poll_s=0.02)
     assert report.ok, report
@@ -349,9 +340,9 @@ def test_parallel_slots_respect_dependencies(tmp_path, monkeypatch):
 def test_print_commands_parse_into_train_py_runs(tmp_path, monkeypatch, capsys):
     from recipes.train import get_args_parser
 
-    monkeypatch.setattr(table3, "fold_class_data", fixed_fold_data())
+    monkeypatch.setattr(table3_jobs, "fold_class_data", fixed_fold_data())
     monkeypatch.chdir(tmp_path)
-    rc = table3.main(["--profile", "demo", "--print-commands", "--nproc-per-node", "2", "--out", "sw",
+    rc = table3_cli.main(["--profile", "demo", "--print-commands", "--nproc-per-node", "2", "--out", "sw",
                       "--set", "schedule.epochs=1"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -381,10 +372,10 @@ def test_print_commands_parse_into_train_py_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_print_commands_leave_out_finished_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(table3, "fold_class_data", fixed_fold_data())
+    monkeypatch.setattr(table3_jobs, "fold_class_data", fixed_fold_data())
     monkeypatch.chdir(tmp_path)
     _write_result("sw/fold0/seed0/erm", "erm")
-    table3.main(["--profile", "demo", "--print-commands", "--out", "sw", "--rows", "erm", "rs"])
+    table3_cli.main(["--profile", "demo", "--print-commands", "--out", "sw", "--rows", "erm", "rs"])
     out = capsys.readouterr().out
     assert "1 finished run(s) left out" in out and "sw/fold0/seed0/rs" in out and "seed0/erm " not in out
 
@@ -395,17 +386,17 @@ def test_an_interrupted_run_is_resumed_and_a_fresh_one_is_not(tmp_path):
     jobs = demo_jobs(tmp_path, rows=["erm", "rs"])
     Path(jobs[0].out_dir).mkdir(parents=True)
     (Path(jobs[0].out_dir) / "last.pt").write_bytes(b"")
-    assert get_args_parser().parse_args(table3.job_argv(jobs[0])).resume is True
-    assert get_args_parser().parse_args(table3.job_argv(jobs[1])).resume is False
+    assert get_args_parser().parse_args(job_argv(jobs[0])).resume is True
+    assert get_args_parser().parse_args(job_argv(jobs[1])).resume is False
 
 
 def test_manifest_refuses_another_profile_in_the_same_folder(tmp_path):
-    table3._check_manifest(tmp_path, "demo", ["schedule.epochs=2"])
-    table3._check_manifest(tmp_path, "demo", ["schedule.epochs=2"])  # same: fine
+    table3_cli.check_manifest(tmp_path, "demo", ["schedule.epochs=2"])
+    table3_cli.check_manifest(tmp_path, "demo", ["schedule.epochs=2"])  # same: fine
     with pytest.raises(SweepError, match="profile 'demo'.*expected profile 'cpu_long'"):
-        table3._check_manifest(tmp_path, "cpu_long", ["schedule.epochs=2"])
+        table3_cli.check_manifest(tmp_path, "cpu_long", ["schedule.epochs=2"])
     with pytest.raises(SweepError, match="choose another --out"):
-        table3._check_manifest(tmp_path, "demo", [])
+        table3_cli.check_manifest(tmp_path, "demo", [])
 
 
 # ------------------------------------------------------------------------------------ collecting
@@ -501,7 +492,7 @@ def test_fig5_is_the_best_ours_minus_erm_sorted_by_count(tmp_path):
     # a second "Ours" row with a lower total: the figure must pick ours_feature
     _write_result(out / "fold0/seed0/ours_shot", "ours_shot", "student", 0, 0, (0.1, 0.1, 0.1), COUNTS3)
     rows = collect_table(3, TABLE3_ROWS, out, (0, 1), (0,))
-    path = table3.figure_ap_change(rows, out)
+    path = table3_figures.figure_ap_change(rows, out)
     assert path is not None and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "figures/fig5_ap_change.csv", newline="") as fh:
         got = list(csv.DictReader(fh))
@@ -515,9 +506,50 @@ def test_fig5_is_the_best_ours_minus_erm_sorted_by_count(tmp_path):
 def test_collect_only_cli_writes_tables_without_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _write_fixture("runs/table3/demo")
-    rc = table3.main(["--profile", "demo", "--collect-only", "--folds", "0"])
+    rc = table3_cli.main(["--profile", "demo", "--collect-only", "--folds", "0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "| ERM | 90.00 | 50.00 | 10.00 | 50.00 | 1 |" in text  # fold 0 only
     assert Path("runs/table3/demo/table3.md").is_file() and Path("runs/table3/demo/table4.md").is_file()
     assert Path("runs/table3/demo/figures/fig5_ap_change.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ progress
+
+def test_time_left_is_estimated_per_kind_from_the_finished_runs():
+    from recipes.table3.local import estimate_seconds_left
+
+    durations = {"erm": [100.0, 140.0], "teacher": [30.0]}  # erm's mean 120; every run's mean 90
+    assert estimate_seconds_left(["erm", "teacher", "teacher"], durations) == pytest.approx(120 + 30 + 30)
+    # a kind not finished yet: the mean over every finished run (270 / 3 = 90)
+    assert estimate_seconds_left(["ours_shot", "erm"], durations) == pytest.approx(90 + 120)
+    # 2 slots share the work, but the longest job alone takes its time
+    assert estimate_seconds_left(["erm", "erm", "teacher", "teacher"], durations, slots=2) == pytest.approx(150)
+    assert estimate_seconds_left(["erm"], durations, slots=4) == pytest.approx(120)
+    assert estimate_seconds_left([], durations) == 0.0
+    assert estimate_seconds_left(["erm"], {}) is None and estimate_seconds_left(["erm"], {"erm": []}) is None
+
+
+def test_progress_note_says_time_left_and_end():
+    import time as _time
+
+    from recipes.table3.local import progress_note
+
+    now = _time.mktime((2026, 3, 2, 19, 11, 0, 0, 0, -1))  # local 19:11
+    assert progress_note(312.4, None, now) == "[312s elapsed]"
+    assert progress_note(312.4, 41 * 60, now) == "[312s elapsed, ~41 min left, ends ~19:52]"
+    assert progress_note(5, 40, now) == "[5s elapsed, ~40 s left, ends ~19:11]"
+    assert progress_note(5, 6 * 3600, now) == "[5s elapsed, ~6.0 h left, ends ~Tue 01:11]"  # tomorrow
+
+
+def test_the_progress_line_estimates_from_the_runs_of_this_sweep(tmp_path, monkeypatch, capsys):
+    import recipes.train
+
+    jobs = demo_jobs(tmp_path, rows=["erm", "rs"])
+    monkeypatch.setattr(recipes.train, "main", _fake_train_main([]))
+    run_jobs(jobs, tmp_path / "sweep")
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("[sweep] (")]
+    assert len(lines) == 2
+    assert lines[0].startswith("[sweep] (1/2) fold0/seed0/erm  [") and lines[0].endswith("s elapsed]")
+    # rs is not finished yet: the mean of every finished run (erm's) estimates it
+    assert lines[1].startswith("[sweep] (2/2) fold0/seed0/rs  [") and " left, ends ~" in lines[1], lines[1]
