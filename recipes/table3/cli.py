@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from recipes.config import RULES, ConfigError, load_config, resolve_profile
+from recipes.config import RULES, ConfigError, load_config, profile_help, resolve_profile
 from recipes.engine.run_lock import RunLock
 from recipes.table3 import slurm
 from recipes.table3.collect import collect_tables, stage_times
@@ -46,7 +46,7 @@ __all__ = ["get_args_parser", "check_manifest", "collect", "main"]
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.table3",
                                 description="Run and collect the paper's Table 3 and Table 4 (see the module doc).")
-    p.add_argument("--profile", default="demo", help="demo | cpu_long | paper | rfmid, or a profile .py file")
+    p.add_argument("--profile", default="demo", help=profile_help())
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="default: every fold of the profile's split scheme (hold-out: 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

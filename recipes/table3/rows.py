@@ -56,6 +56,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("oltr", "OLTR", "table3/oltr_stage2.py", oltr_init=True),
     Row("ldam", "LDAM", "table3/ldam.py"),
     Row("db", "DB Loss", "table3/db.py"),
+    Row("asl", "ASL (not in the paper)", "table3/asl.py"),
     Row("ours_shot", "Ours (shot-based)", "table3/ours_shot.py", rule="shot"),
     Row("ours_region", "Ours (region-based)", "table3/ours_region.py", rule="region"),
     Row("ours_feature", "Ours (feature-based)", "table3/ours_feature.py", rule="feature"),
@@ -63,14 +64,15 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ours_oltr", "Ours + OLTR", "table3/ours_oltr.py", rule=OURS, oltr_init=True),
     Row("ours_ldam", "Ours + LDAM", "table3/ours_ldam.py", rule=OURS),
     Row("ours_focal", "Ours + Focal Loss", "table3/ours_focal.py", rule=OURS),
+    Row("ours_asl", "Ours + ASL", "table3/ours_asl.py", rule=OURS),
     Row("kd_t3", "KD (T = 3)", "table4/kd_t3.py", rule="feature"),
     Row("kd_t10", "KD (T = 10)", "table4/kd_t10.py", rule="feature"),
     Row("kd_t20", "KD (T = 20)", "table4/kd_t20.py", rule="feature"),
 )}
 
 #: the paper's Table 3 row order
-TABLE3_ROWS: tuple[str, ...] = ("erm", "rs", "rw", "focal", "oltr", "ldam", "db", "ours_shot", "ours_region",
-                                "ours_feature", "ours_db", "ours_oltr", "ours_ldam", "ours_focal")
+TABLE3_ROWS: tuple[str, ...] = ("erm", "rs", "rw", "focal", "oltr", "ldam", "db", "asl", "ours_shot", "ours_region",
+                                "ours_feature", "ours_db", "ours_oltr", "ours_ldam", "ours_focal", "ours_asl")
 
 #: the paper's Table 4 row order; "Weighted" is Table 3's ours_feature run, reused
 TABLE4_ROWS: tuple[str, ...] = ("erm", "kd_t3", "kd_t10", "kd_t20", "ours_feature")

@@ -81,7 +81,7 @@ def test_old_command_forms_are_found(line: str) -> None:
 @pytest.mark.parametrize("line", [
     "python -m recipes.train --config recipes/configs/table3/erm.py --profile demo",
     "torchrun --nproc_per_node=8 -m recipes.train --config recipes/configs/table3/erm.py",
-    "the sweep lives in recipes/table3/sweep.py (python -m recipes.table3)",
+    "the sweep lives in recipes/table3/cli.py (python -m recipes.table3)",
     "bash recipes/benchmark/gpu_checks.sh",
 ])
 def test_module_forms_and_file_references_pass(line: str) -> None:

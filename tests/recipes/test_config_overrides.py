@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROW_CONFIGS = sorted((CONFIG_DIR / "table3").glob("*.py")) + sorted((CONFIG_DIR / "table4").glob("*.py"))
 #: a valid value, other than every row's own, for each criterion key a row config sets
 NEW_VALUE = {"alpha": 0.5, "gamma": 1.0, "max_m": 0.3, "s": 16.0, "drw_epoch": 8, "preset": "voc",
-             "mode": "sqrt_inverse"}
+             "mode": "sqrt_inverse", "gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.1, "detach_focusing": False}
 
 
 def _row_key_cases() -> list:

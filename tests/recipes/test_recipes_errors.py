@@ -19,7 +19,7 @@ BUILTIN_BASE = {
     "recipes.data.csv_dataset:BadImageError": OSError,
     "recipes.data.splits:SplitsMismatchError": ValueError,
     "recipes.engine.run_lock:RunLockedError": RuntimeError,
-    "recipes.models.backbones:ModelError": ValueError,
+    "recipes.models.base:ModelError": ValueError,
     "recipes.table3.rows:SweepError": RuntimeError,
 }
 

@@ -156,8 +156,8 @@ def test_job_graph_has_every_row_of_both_tables_in_dependency_order(tmp_path):
     for j in jobs:
         for d in j.deps:
             assert pos[d] < pos[j.id], f"{j.id} listed before its dependency {d}"
-    # per seed: 17 rows + OLTR stage 1 + the teachers of the three rules
-    assert len(jobs) == 2 * (17 + 1 + sum(K_DEMO.values()))
+    # per seed: 19 rows + OLTR stage 1 + the teachers of the three rules
+    assert len(jobs) == 2 * (19 + 1 + sum(K_DEMO.values()))
     assert topological_order(jobs) == jobs  # already in a valid order: the stable sort keeps it
 
 
@@ -346,7 +346,7 @@ def test_print_commands_parse_into_train_py_runs(tmp_path, monkeypatch, capsys):
                       "--set", "schedule.epochs=1"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("# 30 job(s)")
+    assert lines[0].startswith("# 32 job(s)")
     seen: set[str] = set()
     rows: set[str] = set()
     commands = 0
@@ -367,7 +367,7 @@ def test_print_commands_parse_into_train_py_runs(tmp_path, monkeypatch, capsys):
         assert cfg["schedule"]["epochs"] == 1
         rows.add(cfg["method"]["name"])
         commands += 1
-    assert commands == 30 and set(TABLE3_ROWS) | set(TABLE4_ROWS) <= rows
+    assert commands == 32 and set(TABLE3_ROWS) | set(TABLE4_ROWS) <= rows
     assert not Path("sw/sweep.json").exists()  # printing runs nothing and records nothing
 
 
