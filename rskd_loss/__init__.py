@@ -10,13 +10,15 @@ from .errors import RSKDError
 from .fileio import file_sha256
 from .kd import KDLossParts, WeightedSubsetKDLoss, binary_kd_loss
 from .partition import Partition, SubsetPartitioner, TeacherView
-from .teachers import SubsetTeachers, TeacherLogitBank
+from .teachers import CrossFitTeachers, SubsetTeachers, TeacherLogitBank
 from .weights import KDWeightSchedule, kd_weights
 from .workflow import (
     IndexedDataset,
     KDWeightUpdater,
     TeacherViewDataset,
     build_bank,
+    crossfit_parts,
+    parts_except,
     teacher_average_precision,
     teacher_datasets,
 )
@@ -35,11 +37,14 @@ __all__ = [
     "TeacherView",
     "SubsetTeachers",
     "TeacherLogitBank",
+    "CrossFitTeachers",
     "file_sha256",
     "IndexedDataset",
     "TeacherViewDataset",
     "teacher_datasets",
     "build_bank",
+    "crossfit_parts",
+    "parts_except",
     "teacher_average_precision",
     "KDWeightUpdater",
 ]

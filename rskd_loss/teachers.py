@@ -6,6 +6,7 @@ subset k of the partition, and its |S_k| outputs are scattered into those column
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import struct
@@ -19,7 +20,7 @@ from torch import nn
 from .fileio import atomic_path, file_sha256
 from .validation import as_class_names, check_int
 
-__all__ = ["SubsetTeachers", "TeacherLogitBank", "file_sha256"]
+__all__ = ["SubsetTeachers", "CrossFitTeachers", "TeacherLogitBank", "file_sha256", "part_of_samples"]
 
 
 def _subsets_of(partition: Any) -> tuple[tuple[int, ...], ...]:
@@ -104,6 +105,141 @@ class SubsetTeachers(nn.Module):
                 raise ValueError(f"teacher {k} returned {z.shape[0]} rows, teacher 0 returned {out.shape[0]}")
             out[:, cols] = z.to(out.dtype)
         return out  # type: ignore[return-value]  # >= 1 teacher, checked in __init__
+
+
+# ---------------------------------------------------------------------------- cross-fitted teachers
+
+def part_of_samples(parts: Sequence[object], num_samples: int | None = None) -> np.ndarray:
+    """(N,) int64: the part holding each sample index of ``parts`` (K disjoint arrays covering ``range(N)``).
+
+    ``num_samples`` defaults to the parts' total size. ``ValueError`` names the first index that is in
+    two parts, in none, or out of range, and refuses K < 2 or an empty part.
+    """
+    arrays = [np.asarray(p).reshape(-1) for p in parts]
+    if len(arrays) < 2:
+        raise ValueError(f"parts must hold K >= 2 index arrays (K = 1 leaves no teacher set an image "
+                         f"it did not see), got {len(arrays)}")
+    for k, a in enumerate(arrays):
+        if a.size == 0:
+            raise ValueError(f"parts[{k}] is empty: every part needs at least one sample")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"parts[{k}] must hold integer sample indices, got dtype {a.dtype}")
+    n = sum(a.size for a in arrays) if num_samples is None else check_int(num_samples, "num_samples", minimum=1)
+    part_of = np.full(n, -1, dtype=np.int64)
+    for k, a in enumerate(arrays):
+        if a.min() < 0 or a.max() >= n:
+            bad = int(a[(a < 0) | (a >= n)][0])
+            raise ValueError(f"parts[{k}] holds sample index {bad}, outside range({n})")
+        taken = part_of[a] >= 0
+        dup = np.unique(a, return_counts=True)
+        if taken.any() or (dup[1] > 1).any():
+            i = int(a[taken][0]) if taken.any() else int(dup[0][dup[1] > 1][0])
+            where = f"parts[{int(part_of[i])}] and parts[{k}]" if taken.any() else f"parts[{k}] twice"
+            raise ValueError(f"parts overlap: sample index {i} is in {where}; each sample must be in exactly "
+                             f"one part")
+        part_of[a] = k
+    if (part_of < 0).any():
+        missing = np.flatnonzero(part_of < 0)
+        raise ValueError(f"parts do not cover the training set: {missing.size} of {n} sample indices are in no "
+                         f"part (first: {int(missing[0])}); each sample must be in exactly one part")
+    return part_of
+
+
+def crossfit_record(part_of: np.ndarray) -> dict[str, Any]:
+    """The bank metadata entry of a cross-fitted bank: K, the part of every row, and its SHA-256."""
+    part_of = np.ascontiguousarray(part_of, dtype=np.int64)
+    return {"k": int(part_of.max()) + 1, "part_of": part_of.tolist(),
+            "sha256": hashlib.sha256(part_of.astype("<i8").tobytes()).hexdigest()}
+
+
+class CrossFitTeachers(nn.Module):
+    r"""K teacher sets for out-of-fold logits: set k was trained on every training sample except part k.
+
+    RSKD's bank holds the teachers' logits of the training images. A teacher's logits on the images
+    it trained on mostly repeat their labels, so the student distils little beyond the hard labels.
+    Cross-fitting (out-of-fold prediction, as in stacking) gives each training image the logits of
+    the one set that did not see it.
+
+    - ``forward(x, indices)``: ``indices`` (B,) are training-sample indices; row i comes from set
+      ``part_of[indices[i]]``. :meth:`TeacherLogitBank.from_teachers` calls it this way and records
+      the parts in the bank's metadata (:meth:`TeacherLogitBank.crossfit_parts` reads them back).
+    - ``forward(x)``: images outside the training set (validation): the mean of the K sets' logits.
+      No set saw a validation image, so each set's logits there are out of sample and none is
+      preferred; their mean is the K-set ensemble. It is what Eq. 3's teacher metric is measured on
+      (:func:`rskd_loss.workflow.teacher_average_precision`). A training row's logits come from one
+      set, so this metric is, if anything, slightly above that of the logits the student distils.
+
+    Args:
+        sets: K :class:`SubsetTeachers`, one per part, of the same partition (frozen, like them).
+        parts: K disjoint arrays of training-sample indices covering ``range(N)`` (e.g.
+            :func:`rskd_loss.workflow.crossfit_parts`); set k trained on every part but ``parts[k]``.
+        num_samples: N (default: the parts' total size).
+
+    Example:
+        >>> from rskd_loss import Partition
+        >>> part = Partition(subsets=((0,), (1,)), names=("a", "b"), num_classes=2)
+        >>> sets = [SubsetTeachers([nn.Linear(3, 1), nn.Linear(3, 1)], part) for _ in range(2)]
+        >>> xf = CrossFitTeachers(sets, [[0, 2], [1, 3]])
+        >>> xf(torch.randn(2, 3), torch.tensor([3, 0])).shape, xf.part_of.tolist()
+        (torch.Size([2, 2]), [0, 1, 0, 1])
+    """
+
+    def __init__(self, sets: Sequence[SubsetTeachers], parts: Sequence[object], num_samples: int | None = None) -> None:
+        super().__init__()
+        sets = list(sets)
+        for k, s in enumerate(sets):
+            if not isinstance(s, SubsetTeachers):
+                raise TypeError(f"sets[{k}] must be a SubsetTeachers (one teacher set), got {type(s).__name__}")
+            if _subsets_of(s.partition) != _subsets_of(sets[0].partition):
+                raise ValueError(f"sets[{k}] was built for subsets {_subsets_of(s.partition)}, sets[0] for "
+                                 f"{_subsets_of(sets[0].partition)}: every set needs the same partition")
+        part_of = part_of_samples(parts, num_samples)
+        if len(sets) != int(part_of.max()) + 1:
+            raise ValueError(f"need one teacher set per part: {int(part_of.max()) + 1} parts, got {len(sets)} sets")
+        self.sets = nn.ModuleList(sets)
+        self.partition, self.num_classes = sets[0].partition, sets[0].num_classes
+        self.register_buffer("part_of", torch.from_numpy(part_of), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.sets)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.part_of.numel())
+
+    def train(self, mode: bool = True) -> CrossFitTeachers:
+        """The sets stay in eval mode whatever ``mode`` is asked for."""
+        return super().train(False)
+
+    def record(self) -> dict[str, Any]:
+        """The ``"crossfit"`` metadata entry of a bank built from these sets."""
+        return crossfit_record(self.part_of.cpu().numpy())
+
+    @torch.no_grad()
+    def forward(self, x: Any, indices: object = None) -> torch.Tensor:
+        if indices is None:
+            outs = [s(x) for s in self.sets]
+            return torch.stack([z.float() for z in outs]).mean(0).to(outs[0].dtype)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"routing rows by indices needs a tensor batch, got {type(x).__name__}")
+        idx = torch.as_tensor(indices).reshape(-1).long().to(self.part_of.device)
+        if idx.numel() != x.shape[0]:
+            raise ValueError(f"indices must hold one sample index per row: {x.shape[0]} rows, got {idx.numel()}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+            raise IndexError(f"sample index out of range({self.num_samples}): got min {int(idx.min())}, "
+                             f"max {int(idx.max())}")
+        part = self.part_of[idx]
+        out: torch.Tensor | None = None
+        for k in torch.unique(part).tolist():
+            rows = torch.nonzero(part == k).squeeze(1)
+            z = self.sets[k](x[rows.to(x.device)])
+            if out is None:
+                out = z.new_empty((x.shape[0], z.shape[1]))
+            out[rows.to(out.device)] = z.to(out.dtype)
+        return out if out is not None else x.new_empty((0, self.num_classes))
 
 
 # ---------------------------------------------------------------------------- cached logits
@@ -279,6 +415,26 @@ class TeacherLogitBank:
         """The whole (N, C) float16 array (read-only memory map)."""
         return self._array
 
+    def crossfit_parts(self) -> list[np.ndarray] | None:
+        """The K parts of a cross-fitted bank (row i's logits came from the set that left out its part), in
+        part order; ``None`` for a bank of in-sample logits. ``ValueError`` for a record that does not fit
+        the bank (another row count, a part out of range or empty, a hash that does not match)."""
+        rec = (self.header.get("metadata") or {}).get("crossfit")
+        if rec is None:
+            return None
+        part_of = np.asarray(rec.get("part_of", []), dtype=np.int64)
+        k = int(rec.get("k", 0))
+        problem = None
+        if part_of.shape != (self.num_samples,):
+            problem = f"it names the part of {part_of.size} rows, the bank has {self.num_samples}"
+        elif k < 2 or part_of.min() < 0 or part_of.max() >= k or np.unique(part_of).size != k:
+            problem = f"it needs parts 0..{k - 1}, each with a row, got parts {np.unique(part_of).tolist()[:10]}"
+        elif crossfit_record(part_of)["sha256"] != rec.get("sha256"):
+            problem = "its SHA-256 does not match the parts it lists"
+        if problem:
+            raise ValueError(f"{self.path}: the bank's cross-fitting record is invalid: {problem}")
+        return [np.flatnonzero(part_of == j) for j in range(k)]
+
     # ---- writing
     @classmethod
     def write(
@@ -335,6 +491,9 @@ class TeacherLogitBank:
     ) -> TeacherLogitBank:
         """Run ``teachers`` (e.g. :class:`SubsetTeachers`) over ``loader`` once and write the bank.
 
+        With :class:`CrossFitTeachers`, each row comes from the set that left its sample out, and the
+        parts are recorded in the metadata under ``"crossfit"`` (:meth:`crossfit_parts`).
+
         ``loader`` yields ``(images, targets, indices)`` batches (the data sets of ``recipes/data``);
         each row is stored at its sample index. Every index in ``range(num_samples)`` must be seen
         exactly once (a ``ValueError`` names the first missing or repeated one), so a shuffled or
@@ -342,6 +501,9 @@ class TeacherLogitBank:
         """
         seen = np.zeros(num_samples, dtype=np.int64)
         device = torch.device(device)
+        crossfit = isinstance(teachers, CrossFitTeachers)
+        if crossfit:
+            metadata = _with_crossfit(metadata, teachers, num_samples)
         with _bank_writer(path, num_samples, class_names=class_names, partition=partition,
                           teacher_hashes=teacher_hashes, dataset=dataset, metadata=metadata) as out:
             for batch in loader:
@@ -351,7 +513,8 @@ class TeacherLogitBank:
                 idx = torch.as_tensor(idx).long().cpu().numpy()
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
                                     enabled=autocast_dtype is not None):
-                    z = teachers(images.to(device, non_blocking=True))
+                    x = images.to(device, non_blocking=True)
+                    z = teachers(x, torch.from_numpy(idx)) if crossfit else teachers(x)
                 out[idx] = cls._to_f16(z.float().cpu().numpy(), path)
                 np.add.at(seen, idx, 1)
             if (seen != 1).any():
@@ -361,6 +524,16 @@ class TeacherLogitBank:
                     f"was seen {int(seen[bad])} times (use an unshuffled loader without a sampler)"
                 )
         return cls(path)
+
+
+def _with_crossfit(metadata: Mapping[str, Any] | None, teachers: CrossFitTeachers, num_samples: int) -> dict:
+    """``metadata`` plus the ``"crossfit"`` record of ``teachers`` (whose parts must cover the bank's rows)."""
+    if teachers.num_samples != num_samples:
+        raise ValueError(f"the cross-fitted teachers' parts cover {teachers.num_samples} samples, the bank has "
+                         f"num_samples={num_samples}")
+    if metadata and "crossfit" in metadata:
+        raise ValueError("metadata key 'crossfit' is reserved: the bank records the teachers' parts under it")
+    return {**(metadata or {}), "crossfit": teachers.record()}
 
 
 @contextlib.contextmanager
