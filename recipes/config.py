@@ -88,6 +88,12 @@ DEFAULTS: dict[str, Any] = {
         "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
                       "num_subsets": None},
         "subset": None,            # teacher: the subset index
+        # cross-fitted teachers: 0 = the bank holds each teacher's logits on its own training images; K >= 2 =
+        # K teacher sets, set k trained on the fold's training images minus part k (rskd_loss.crossfit_parts,
+        # seeded with data.split_seed), each image's bank row from the set that did not see it
+        "crossfit_k": 0,
+        "crossfit_part": None,     # teacher of a cross-fitted set: the part k it leaves out (the sweep sets it)
+        "teacher_init": None,      # None | "erm": a teacher starts from the backbone of method.init_from's best.pt
         "teacher_images": "positive",  # teacher: positive | all | balanced (Partition.teacher_view)
         "teachers_dir": None,      # student: the folder holding subset0..subsetK-1 teacher runs
         "teacher_mode": "bank",    # student: bank | online
@@ -370,7 +376,32 @@ def _validate_method(meth: Mapping, cfg: Mapping) -> None:
                meth["teachers_dir"])
     _check(meth["teacher_mode"] in ("bank", "online"), "method.teacher_mode", "bank or online",
            meth["teacher_mode"])
+    _validate_teacher_variant(meth)
     _validate_kd(meth["kd"])
+
+
+def _validate_teacher_variant(meth: Mapping) -> None:
+    """``method.crossfit_k`` / ``crossfit_part`` (cross-fitted teachers) and ``method.teacher_init``."""
+    k, part, init = meth["crossfit_k"], meth["crossfit_part"], meth["teacher_init"]
+    _check(_is_int(k) and (k == 0 or k >= 2), "method.crossfit_k",
+           "an int: 0 (teachers' logits on their own training images) or K >= 2 (K cross-fitted sets)", k)
+    _check(init in (None, "erm"), "method.teacher_init", "None or 'erm'", init)
+    if meth["stage"] == "teacher" and k:
+        _check(_is_int(part) and 0 <= part < k, "method.crossfit_part", f"the part the teacher leaves out, an "
+               f"int in [0, {k - 1}] (method.crossfit_k={k})", part)
+    elif meth["stage"] == "teacher":
+        _check(part is None, "method.crossfit_part", "None when method.crossfit_k is 0", part)
+    if meth["stage"] == "teacher" and init == "erm":
+        _check(isinstance(meth["init_from"], str), "method.init_from",
+               "the ERM run folder whose best.pt initialises the teacher (method.teacher_init='erm')",
+               meth["init_from"])
+    if k and init == "erm":
+        raise ConfigError("config keys 'method.crossfit_k' and 'method.teacher_init' must not be combined, got "
+                          f"crossfit_k={k} with teacher_init='erm': the ERM run trained on every training image, "
+                          f"so teachers started from it would not be out of fold")
+    if meth["stage"] == "student" and k:
+        _check(meth["teacher_mode"] == "bank", "method.teacher_mode", f"'bank' with method.crossfit_k={k} (each "
+               f"training image's logits come from the set that left it out)", meth["teacher_mode"])
 
 
 def _validate_kd(kd: Mapping) -> None:

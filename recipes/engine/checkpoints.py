@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recipes.config import DEFAULTS
 from rskd_loss.fileio import atomic_path, atomic_write_text
 
 CHECKPOINT_VERSION = 1
@@ -97,12 +98,27 @@ RESUME_FREE_KEYS = ("run.out_dir", "schedule.epochs", "data.num_workers", "data.
 
 
 def config_differences(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
-    """``key (saved X, now Y)`` for every leaf that differs between two configs, except RESUME_FREE_KEYS."""
+    """``key (saved X, now Y)`` for every leaf that differs between two configs, except RESUME_FREE_KEYS.
+
+    A key the saved config lacks, whose value now is its default (a key added to ``recipes.config``
+    after the checkpoint was written, e.g. ``method.crossfit_k``), is no difference: the run computes
+    what it computed before.
+    """
     out = []
     for key in sorted(set(saved) | set(current)):
         where, a, b = f"{prefix}{key}", saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += config_differences(a, b, where + ".")
-        elif where not in RESUME_FREE_KEYS and a != b:
+        elif where not in RESUME_FREE_KEYS and a != b and not (key not in saved and _is_default(where, b)):
             out.append(f"{where} (saved {a!r}, now {b!r})")
     return out
+
+
+def _is_default(where: str, value: Any) -> bool:
+    """Whether ``value`` is the default of the dotted key ``where`` in ``recipes.config.DEFAULTS``."""
+    node: Any = DEFAULTS
+    for part in where.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return plain_config({"v": node})["v"] == value

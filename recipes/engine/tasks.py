@@ -7,7 +7,9 @@ epoch-end work. The trainer owns everything else and never asks which method it 
 * :class:`SupervisedTask`: a criterion of ``rskd_loss.baselines`` on every label column (the
   "baseline" stage: ERM, RS, RW, focal, LDAM, DB).
 * :class:`TeacherTask`: subset ``k`` of a partition, trained on that subset's view of the training
-  data (``Partition.teacher_view``); writes the partition beside the subsets' run folders.
+  data (``Partition.teacher_view``); writes the partition beside the subsets' run folders. Cross-fitted
+  (``method.crossfit_k``): the view of the training images minus part ``method.crossfit_part``.
+  ``method.teacher_init='erm'``: the backbone starts from the ERM run's ``best.pt``, the head new.
 * :class:`OLTRTask`: OLTR stage 1 (plain features), or stage 2 (memory features and the centroids of
   the criterion, initialised from stage 1's class-mean features).
 * :class:`StudentTask`: RSKD around another task (supervised or OLTR): ``WeightedSubsetKDLoss``
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,15 @@ from recipes.data.folds import make_dataset, make_loader
 from recipes.data.views import View
 from recipes.distributed import mean_over_ranks
 from recipes.engine.predict import predict
-from recipes.engine.teacher_sources import OnlineTeachers, bank_teachers, check_same_data, load_teachers, make_partition
+from recipes.engine.teacher_sources import (
+    OnlineTeachers,
+    bank_teachers,
+    check_same_data,
+    crossfit_positions,
+    load_teachers,
+    make_partition,
+    rows_sha256,
+)
 from recipes.models.backbones import build_model
 from rskd_loss import WeightedSubsetKDLoss
 from rskd_loss.baselines import build_criterion
@@ -133,16 +143,45 @@ class SupervisedTask:
 
 
 class TeacherTask(SupervisedTask):
-    """Subset ``subset`` of ``partition``: its label columns, on its view of the training rows."""
+    """Subset ``subset`` of ``partition``: its label columns, on its view of the training rows.
 
-    def __init__(self, name: str, criterion: nn.Module, partition, subset: int, view, model_cfg: Mapping) -> None:
+    ``backbone_from``: a run folder (the fold's ERM run) whose ``best.pt`` backbone starts the teacher
+    on a fresh start; the head, of the subset's width, stays newly initialised. ``crossfit``: the
+    record of a cross-fitted teacher (K, its part, the SHA-256 of the CSV rows it left out), written
+    to ``result.json`` so the student can check it.
+    """
+
+    def __init__(self, name: str, criterion: nn.Module, partition, subset: int, view, model_cfg: Mapping,
+                 backbone_from: str | None = None, crossfit: dict | None = None) -> None:
         super().__init__(name, criterion, list(view.columns), view.sample_indices, model_cfg)
         self.partition, self.subset = partition, subset
+        self.backbone_from, self.crossfit = backbone_from, crossfit
 
     def build(self, ctx: RunContext) -> nn.Module:
         if ctx.main:  # the students read it beside the subsets' run folders
             self.partition.to_json(ctx.out_dir.parent / "partition.json")
-        return super().build(ctx)
+        model = super().build(ctx)
+        if self.backbone_from and not ctx.resuming:
+            self._load_backbone(model, ctx)
+        return model
+
+    def _load_backbone(self, model: nn.Module, ctx: RunContext) -> None:
+        ckpt, model_name = Path(self.backbone_from) / "best.pt", f"model.name={ctx.cfg['model']['name']!r}"
+        state = check_same_data(ckpt, ctx.data)["model"]
+        backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        try:
+            missing, unexpected = model.load_state_dict(backbone, strict=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"{ckpt}: its backbone does not fit this teacher's model ({model_name}): "
+                              f"{' '.join(str(exc).split())[:300]}; the ERM run and the teachers need the same "
+                              f"model settings") from None
+        not_head = [k for k in missing if not k.startswith("head.")]
+        if not backbone or not_head or unexpected:
+            raise ConfigError(f"{ckpt}: expected the backbone of this teacher's model ({model_name}), got "
+                              f"{len(backbone)} backbone tensors, missing {not_head[:3]}, unexpected {unexpected[:3]}")
+
+    def result(self) -> dict[str, Any]:
+        return {"crossfit": self.crossfit} if self.crossfit else {}
 
 
 class OLTRTask(SupervisedTask):
@@ -267,15 +306,7 @@ def make_task(cfg: Mapping, data: Mapping, seed: int) -> Task:
     meth = cfg["method"]
     stage, names, counts = meth["stage"], data["class_names"], data["train_counts"]
     if stage == "teacher":
-        partition = make_partition(cfg, counts, names)
-        if meth["subset"] >= partition.num_subsets:
-            raise ConfigError(f"method.subset={meth['subset']} but the partition has {partition.num_subsets} "
-                              f"subsets {partition.names}")
-        view = partition.teacher_view(meth["subset"], data["train_targets"], images=meth["teacher_images"],
-                                      seed=seed)
-        columns = list(view.columns)
-        base = _criterion(meth, counts[columns], [names[c] for c in columns], len(view.sample_indices))
-        return TeacherTask(meth["name"], base, partition, meth["subset"], view, cfg["model"])
+        return _teacher_task(cfg, data, seed)
     ccfg = dict(meth["criterion"])
     oltr = meth["oltr_stage"]
     if oltr:
@@ -293,6 +324,30 @@ def make_task(cfg: Mapping, data: Mapping, seed: int) -> Task:
     loss = WeightedSubsetKDLoss(base, len(names), temperature=kd["temperature"], delta=kd["delta"],
                                 order=kd["order"], kd_weight=kd["kd_weight"], scale_by_t2=kd["scale_by_t2"])
     return StudentTask(inner, loss, mode=meth["teacher_mode"], dynamic_weights=kd["dynamic_weights"])
+
+
+def _teacher_task(cfg: Mapping, data: Mapping, seed: int) -> TeacherTask:
+    """The teacher of subset ``method.subset``. The partition is always that of the fold's whole training
+    counts (the student's); a cross-fitted teacher's view is taken on the training rows minus its part."""
+    meth, names = cfg["method"], data["class_names"]
+    partition = make_partition(cfg, data["train_counts"], names)
+    if meth["subset"] >= partition.num_subsets:
+        raise ConfigError(f"method.subset={meth['subset']} but the partition has {partition.num_subsets} "
+                          f"subsets {partition.names}")
+    parts = crossfit_positions(cfg, data)
+    kept = np.arange(len(data["train_targets"])) if parts is None else np.setdiff1d(
+        np.arange(len(data["train_targets"])), parts[meth["crossfit_part"]])
+    view = partition.teacher_view(meth["subset"], data["train_targets"][kept], images=meth["teacher_images"],
+                                  seed=seed)
+    view = replace(view, sample_indices=kept[view.sample_indices])  # positions among the fold's training rows
+    crossfit = None if parts is None else {
+        "k": meth["crossfit_k"], "part": meth["crossfit_part"], "left_out": int(len(parts[meth["crossfit_part"]])),
+        "left_out_sha256": rows_sha256(data["rows"]["train"][parts[meth["crossfit_part"]]])}
+    columns = list(view.columns)
+    counts = data["train_targets"][kept].sum(0)
+    base = _criterion(meth, counts[columns], [names[c] for c in columns], len(view.sample_indices))
+    return TeacherTask(meth["name"], base, partition, meth["subset"], view, cfg["model"],
+                       backbone_from=meth["init_from"] if meth["teacher_init"] == "erm" else None, crossfit=crossfit)
 
 
 def _criterion(meth: Mapping, counts: np.ndarray, names: list[str], num_images: int) -> nn.Module:

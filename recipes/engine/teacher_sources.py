@@ -1,8 +1,14 @@
 """Where a student's teacher logits come from: the partition of ``method.partition``, the subset
 teachers' checkpoints (checked against this run's data and partition), and the teacher-logit bank of
-the fold's training images (``method.teacher_mode='bank'``) or the teachers run online."""
+the fold's training images (``method.teacher_mode='bank'``) or the teachers run online.
+
+Cross-fitted teachers (``method.crossfit_k`` = K >= 2): the fold's training images are split into K
+parts (:func:`crossfit_positions`); the teachers of ``part<k>/`` trained on every part but k, and the
+bank takes each image's logits from the set that left it out (:class:`rskd_loss.CrossFitTeachers`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,7 +26,15 @@ from recipes.data.views import View
 from recipes.distributed import barrier
 from recipes.engine.checkpoints import load_checkpoint
 from recipes.models.backbones import build_model
-from rskd_loss import Partition, SubsetPartitioner, SubsetTeachers, TeacherLogitBank, file_sha256
+from rskd_loss import (
+    CrossFitTeachers,
+    Partition,
+    SubsetPartitioner,
+    SubsetTeachers,
+    TeacherLogitBank,
+    crossfit_parts,
+    file_sha256,
+)
 from rskd_loss.priors import PriorError, resolve_prior
 from rskd_loss.workflow import build_bank
 
@@ -67,9 +81,51 @@ def check_same_data(ckpt: Path, data: Mapping) -> dict:
     return state
 
 
-def load_teachers(cfg: Mapping, data: Mapping, device: torch.device) -> tuple[SubsetTeachers, Partition, list[str]]:
-    """The subset teachers of ``method.teachers_dir`` (frozen, on ``device``), their partition and file hashes."""
+def crossfit_positions(cfg: Mapping, data: Mapping) -> list[np.ndarray] | None:
+    """The K parts of the fold's training images (positions in ``data["rows"]["train"]``, i.e. bank rows)
+    for ``method.crossfit_k`` = K, or ``None`` when it is 0.
+
+    Seeded with ``data.split_seed``, not ``run.seed``: the teachers (maybe of another seed, the sweep's
+    ``--teacher-seed``) and the student of a fold must get the same parts.
+    """
+    k = cfg["method"]["crossfit_k"]
+    if not k:
+        return None
+    n = len(data["train_targets"])
+    if k > n:
+        raise ConfigError(f"config key 'method.crossfit_k' must be at most the fold's {n} training images, got {k}")
+    return crossfit_parts(data["train_targets"], k, seed=cfg["data"]["split_seed"])
+
+
+def rows_sha256(rows: np.ndarray) -> str:
+    """SHA-256 of a set of CSV rows (sorted, int64): how a cross-fitted teacher records what it left out."""
+    return hashlib.sha256(np.sort(np.asarray(rows, dtype="<i8")).tobytes()).hexdigest()
+
+
+def load_teachers(cfg: Mapping, data: Mapping, device: torch.device
+                  ) -> tuple[SubsetTeachers | CrossFitTeachers, Partition, list[str]]:
+    """The teachers of ``method.teachers_dir`` (frozen, on ``device``), their partition and file hashes.
+
+    With ``method.crossfit_k`` = K: the K sets of ``part0/`` .. ``part<K-1>/`` as one
+    :class:`CrossFitTeachers` (hashes of every set, in part order).
+    """
     tdir = Path(cfg["method"]["teachers_dir"])
+    parts = crossfit_positions(cfg, data)
+    if parts is None:
+        teachers, part, hashes = _teacher_set(cfg, data, tdir)
+        return teachers.to(device), part, hashes
+    sets, hashes = [], []
+    for k, left_out in enumerate(parts):
+        teachers, part, set_hashes = _teacher_set(cfg, data, tdir / f"part{k}", (k, data["rows"]["train"][left_out]))
+        sets.append(teachers)
+        hashes += set_hashes
+    return CrossFitTeachers(sets, parts).to(device), part, hashes
+
+
+def _teacher_set(cfg: Mapping, data: Mapping, tdir: Path, crossfit: tuple[int, np.ndarray] | None = None
+                 ) -> tuple[SubsetTeachers, Partition, list[str]]:
+    """The subset teachers of one folder (on the CPU), checked against this run: data, partition, classes,
+    teacher variant; ``crossfit`` = (k, the CSV rows its set must have left out)."""
     pfile = tdir / "partition.json"
     if not pfile.is_file():
         raise FileNotFoundError(f"{pfile} not found: train the teachers of this partition first "
@@ -86,11 +142,37 @@ def load_teachers(cfg: Mapping, data: Mapping, device: torch.device) -> tuple[Su
         if state.get("class_names") != [data["class_names"][c] for c in subset]:
             raise ConfigError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
                              f"{[data['class_names'][c] for c in subset]}")
+        _check_variant(cfg, ckpt, state, crossfit)
         m = build_model(state["config"]["model"], len(subset), image_size=cfg["data"]["image_size"])
         m.load_state_dict(state["model"])
         models.append(m)
         hashes.append(file_sha256(ckpt))
-    return SubsetTeachers(models, part).to(device), part, hashes
+    return SubsetTeachers(models, part), part, hashes
+
+
+def _check_variant(cfg: Mapping, ckpt: Path, state: Mapping, crossfit: tuple[int, np.ndarray] | None) -> None:
+    """Refuse a teacher of another kind than the student asks for (in-sample vs cross-fitted, another
+    part or K, another start), or a cross-fitted one that left out other images than this run's part."""
+    meth, theirs = cfg["method"], state["config"]["method"]
+    want = {"crossfit_k": meth["crossfit_k"], "crossfit_part": None if crossfit is None else crossfit[0],
+            "teacher_init": meth["teacher_init"]}
+    have = {key: theirs.get(key, DEFAULT_VARIANT[key]) for key in want}
+    if have != want:
+        raise ConfigError(f"{ckpt} is a teacher with {have}, this student needs {want}; point "
+                         f"method.teachers_dir at the teachers of this variant")
+    if crossfit is not None:
+        result = ckpt.parent / "result.json"
+        if not result.is_file():
+            raise FileNotFoundError(f"{result} not found: finish the teacher run {ckpt.parent} first")
+        left = json.loads(result.read_text()).get("crossfit", {})
+        if left.get("left_out_sha256") != rows_sha256(crossfit[1]):
+            raise ConfigError(f"{ckpt.parent} left out other training images than part {crossfit[0]} of this "
+                             f"run's {meth['crossfit_k']} parts (its result.json records another set); retrain "
+                             f"the teachers of {ckpt.parent.parent}")
+
+
+#: what a teacher checkpoint written before these keys existed was
+DEFAULT_VARIANT = {"crossfit_k": 0, "crossfit_part": None, "teacher_init": None}
 
 
 class BankTeachers:
@@ -116,13 +198,15 @@ class OnlineTeachers:
             return self.teachers(x).float()
 
 
-def bank_teachers(ctx: Any, teachers: SubsetTeachers, partition: Partition, hashes: Sequence[str]) -> BankTeachers:
+def bank_teachers(ctx: Any, teachers: SubsetTeachers | CrossFitTeachers, partition: Partition,
+                  hashes: Sequence[str]) -> BankTeachers:
     """The teacher-logit bank of this fold's training images (built once, on rank 0, then reused).
 
     Teacher logits are computed on the un-augmented training images (the usual price of cached KD:
     the student sees an augmented view, the bank the plain one; ``method.teacher_mode='online'``
     runs the teachers on the student's augmented batch instead). The bank file is checked against
-    the data set, partition and teacher checkpoints before reuse, and rebuilt when any differs.
+    the data set, partition and teacher checkpoints (and, cross-fitted, the parts) before reuse, and
+    rebuilt when any differs.
     """
     cfg, data, device = ctx.cfg, ctx.data, ctx.device
     path = Path(cfg["method"]["teachers_dir"]) / f"bank_train_{cfg['data']['image_size']}px.rskd"
@@ -132,7 +216,7 @@ def bank_teachers(ctx: Any, teachers: SubsetTeachers, partition: Partition, hash
                  dataset=dataset_id, teacher_hashes=list(hashes))
     if ctx.main:
         try:
-            TeacherLogitBank(path, **check)
+            _check_parts(TeacherLogitBank(path, **check), teachers)
         except (FileNotFoundError, ValueError) as why:
             print(f"building teacher-logit bank {path} ({why.__class__.__name__}: {str(why)[:100]})", flush=True)
             loader = DataLoader(View(make_dataset(cfg, data, "train")), batch_size=cfg["data"]["eval_batch_size"],
@@ -148,6 +232,20 @@ def bank_teachers(ctx: Any, teachers: SubsetTeachers, partition: Partition, hash
                        dataset=dataset_id)
     barrier(ctx.world)
     bank = TeacherLogitBank(path, **check)
+    _check_parts(bank, teachers)
     lookup = np.full(data["num_rows"], -1, dtype=np.int64)
     lookup[fold_rows] = np.arange(len(fold_rows))
     return BankTeachers(bank.table(device), torch.from_numpy(lookup).to(device))
+
+
+def _check_parts(bank: TeacherLogitBank, teachers: nn.Module) -> None:
+    """``ValueError`` when the bank's cross-fitting record (or its absence) is not that of ``teachers``."""
+    have = bank.crossfit_parts()
+    want = teachers.part_of.cpu().numpy() if isinstance(teachers, CrossFitTeachers) else None
+    if have is None and want is None:
+        return
+    same = have is not None and want is not None and len(have) == int(want.max()) + 1 and all(
+        np.array_equal(np.flatnonzero(want == k), p) for k, p in enumerate(have))
+    if not same:
+        raise ValueError(f"{bank.path}: the bank's cross-fitting parts ({'none' if have is None else len(have)}) "
+                         f"are not those of the teachers")

@@ -22,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from recipes.table3.rows import GROUPS, ROWS, TABLE_LABELS, TABLES, SweepError, cell_dir, run_dir_name
+from recipes.table3.rows import (
+    GROUPS,
+    ROWS,
+    TABLE_LABELS,
+    TABLES,
+    TEACHER_VARIANT_ROWS,
+    SweepError,
+    cell_dir,
+    run_dir_name,
+)
 from rskd_loss.fileio import atomic_write_text
 from rskd_loss.metrics import group_map
 
@@ -158,10 +167,11 @@ def collect_tables(
     thresholds: Sequence[float] = (100, 20),
     title: str = "",
 ) -> tuple[str, dict[int, list[TableRow]]]:
-    """Write every selected table (its rows among ``rows``); returns their markdown and their rows by table."""
+    """Write every selected table (its rows among ``rows``; Table 3 also the selected teacher-variant rows,
+    after its own); returns their markdown and their rows by table."""
     texts, collected = [], {}
     for t in tables:
-        sel = [r for r in TABLES[t] if r in rows]
+        sel = [r for r in TABLES[t] if r in rows] + [r for r in TEACHER_VARIANT_ROWS if t == 3 and r in rows]
         if not sel:
             continue
         collected[t] = collect_table(t, sel, out, folds, seeds, ours_rule=ours_rule, thresholds=thresholds)

@@ -8,7 +8,11 @@ runs it needs first, and the command line of each.
   missing), then ``recipes.engine.teacher_sources.make_partition``. The "Ours + X" rows use the teachers of ONE rule,
   ``--ours-rule`` (default ``shot``: the paper finds it best on the data set with the longer tail,
   Disease-48, Sec. 3.3); Table 4's rows use the feature rule (the paper's Table 4 is on it);
-* OLTR (and "Ours + OLTR") need OLTR stage 1, whose ``best.pt`` initialises them.
+* OLTR (and "Ours + OLTR") need OLTR stage 1, whose ``best.pt`` initialises them;
+* teacher variants, read from the student row's config: ``method.crossfit_k`` = K >= 2 trains K
+  teacher sets (``teachers_<rule>_xf<K>/part<k>/subset<j>``, ``method.crossfit_part=k``: K x k jobs, the
+  student after all of them); ``method.teacher_init='erm'`` starts every teacher
+  (``teachers_<rule>_erminit/subset<j>``) from the ERM run of the fold and teacher seed, a job before them.
 
 A run whose ``result.json`` exists is finished (:func:`is_finished`); a run that was interrupted (its
 ``last.pt`` exists, its ``result.json`` does not) is started with ``--resume`` (:func:`job_argv`).
@@ -141,27 +145,44 @@ class _JobPlan:
                          cfg["method"]["stage"], None, fold, seed))
         return jid
 
-    def need_teachers(self, fold: int, seed: int, rule: str) -> tuple[Path, tuple[str, ...]]:
-        """The teachers' folder and job ids of ``rule`` for the cell, adding the jobs not yet listed
-        (in the cell of ``teacher_seed`` when one is set)."""
+    def need_erm(self, fold: int, seed: int) -> str:
+        """The id of the cell's ERM run (the erm row), adding the job when not yet listed."""
+        jid = _rel_id(self.out, cell_dir(self.out, fold, seed) / run_dir_name("erm"))
+        if jid not in self.listed:
+            self.add_row(fold, seed, "erm")
+        return jid
+
+    def need_teachers(self, fold: int, seed: int, rule: str, crossfit_k: int = 0,
+                      teacher_init: str | None = None) -> tuple[Path, tuple[str, ...]]:
+        """The teachers' folder and job ids of ``rule`` (and variant) for the cell, adding the jobs not yet
+        listed (in the cell of ``teacher_seed`` when one is set): one per subset, or per part and subset."""
         tseed = seed if self.teacher_seed is None else self.teacher_seed
-        tdir = teachers_dir(self.out, fold, tseed, rule)
+        tdir = teachers_dir(self.out, fold, tseed, rule, crossfit_k=crossfit_k, teacher_init=teacher_init)
         tbase = (f"data.fold={fold}", f"run.seed={tseed}")
         rel = TEACHER_CONFIG[rule]
-        if (fold, rule) not in self.k_cache:
-            cfg = self.load(rel, tbase)
+        if (fold, rule) not in self.k_cache:  # the partition of the fold's whole training set, for every variant
+            cfg = self.load(rel, (*tbase, "method.crossfit_k=0", "method.teacher_init=None"))
             counts, names = self.fold_data(cfg)
             self.k_cache[(fold, rule)] = count_subsets(cfg, counts, names)
+        sets_of_teachers = [(tdir, ())] if not crossfit_k else [
+            (tdir / f"part{k}", (f"method.crossfit_k={crossfit_k}", f"method.crossfit_part={k}"))
+            for k in range(crossfit_k)]
+        init: tuple[str, ...] = ()
+        deps: tuple[str, ...] = ()
+        if teacher_init == "erm":
+            erm = self.need_erm(fold, tseed)
+            init, deps = ("method.teacher_init='erm'", f"method.init_from={_lit(str(Path(self.out) / erm))}"), (erm,)
         ids = []
-        for j in range(self.k_cache[(fold, rule)]):
-            d = tdir / f"subset{j}"
-            jid = _rel_id(self.out, d)
-            ids.append(jid)
-            if jid not in self.listed:
-                extra = (*tbase, f"method.subset={j}")
-                self.load(rel, extra)
-                self.add(Job(jid, rel, self.profile, str(d), (*self.sets, *extra), (), "teacher", None, fold,
-                             tseed))
+        for folder, variant in sets_of_teachers:
+            for j in range(self.k_cache[(fold, rule)]):
+                d = folder / f"subset{j}"
+                jid = _rel_id(self.out, d)
+                ids.append(jid)
+                if jid not in self.listed:
+                    extra = (*tbase, *variant, *init, f"method.subset={j}")
+                    self.load(rel, extra)
+                    self.add(Job(jid, rel, self.profile, str(d), (*self.sets, *extra), deps, "teacher", None,
+                                 fold, tseed))
         return tdir, tuple(ids)
 
     def add_row(self, fold: int, seed: int, row: str) -> None:
@@ -175,7 +196,8 @@ class _JobPlan:
             extra.append(f"method.init_from={_lit(str(Path(self.out) / oltr1))}")
         rule = teacher_rule(row, self.ours_rule)
         if rule is not None:
-            tdir, tids = self.need_teachers(fold, seed, rule)
+            meth = self.load(spec.config, extra)["method"]  # the teacher variant the row (or --set) asks for
+            tdir, tids = self.need_teachers(fold, seed, rule, meth["crossfit_k"], meth["teacher_init"])
             deps.extend(tids)
             extra += [f"method.partition.rule={_lit(rule)}", f"method.teachers_dir={_lit(str(tdir))}"]
         d = cell_dir(self.out, fold, seed) / run_dir_name(row, self.ours_rule)

@@ -10,6 +10,9 @@ Folder layout under the sweep's ``--out`` (default ``runs/table3/<profile>``)::
                                            of the name, so another --ours-rule never reuses them
     fold<k>/seed<s>/oltr_stage1/
     fold<k>/seed<s>/teachers_<rule>/       partition.json, subset0/ ... subset<k-1>/ (teacher runs)
+    fold<k>/seed<s>/teachers_<rule>_xf<K>/ cross-fitted (method.crossfit_k=K): part0/ ... part<K-1>/, each
+                                           partition.json and subset<j>/ (trained without part k)
+    fold<k>/seed<s>/teachers_<rule>_erminit/  method.teacher_init='erm': started from fold<k>/seed<s>/erm
     table3.md table3.csv table4.md table4.csv figures/ logs/ sweep.json
 """
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 from recipes.config import CONFIG_DIR, RULES
 from rskd_loss.errors import RSKDError
 
-__all__ = ["Row", "ROWS", "TABLE3_ROWS", "TABLE4_ROWS", "TABLES", "TABLE_LABELS", "GROUPS", "OURS", "SweepError",
+__all__ = ["Row", "ROWS", "TABLE3_ROWS", "TABLE4_ROWS", "TEACHER_VARIANT_ROWS",
+           "TABLES", "TABLE_LABELS", "GROUPS", "OURS", "SweepError",
            "TEACHER_CONFIG", "OLTR_STAGE1_CONFIG", "run_dir_name", "teacher_rule", "cell_dir", "teachers_dir",
            "config_path"]
 
@@ -65,6 +69,9 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ours_ldam", "Ours + LDAM", "table3/ours_ldam.py", rule=OURS),
     Row("ours_focal", "Ours + Focal Loss", "table3/ours_focal.py", rule=OURS),
     Row("ours_asl", "Ours + ASL", "table3/ours_asl.py", rule=OURS),
+    Row("ours_shot_xf", "Ours (shot-based), cross-fitted teachers", "table3/ours_shot_xf.py", rule="shot"),
+    Row("ours_shot_erminit", "Ours (shot-based), ERM-initialised teachers", "table3/ours_shot_erminit.py",
+        rule="shot"),
     Row("kd_t3", "KD (T = 3)", "table4/kd_t3.py", rule="feature"),
     Row("kd_t10", "KD (T = 10)", "table4/kd_t10.py", rule="feature"),
     Row("kd_t20", "KD (T = 20)", "table4/kd_t20.py", rule="feature"),
@@ -73,6 +80,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 #: the paper's Table 3 row order
 TABLE3_ROWS: tuple[str, ...] = ("erm", "rs", "rw", "focal", "oltr", "ldam", "db", "asl", "ours_shot", "ours_region",
                                 "ours_feature", "ours_db", "ours_oltr", "ours_ldam", "ours_focal", "ours_asl")
+
+#: not in the paper, so in neither table's default rows (select them with --rows): the shot rule's student
+#: distilling cross-fitted teachers (out-of-fold bank logits), or teachers started from the fold's ERM run
+TEACHER_VARIANT_ROWS: tuple[str, ...] = ("ours_shot_xf", "ours_shot_erminit")
 
 #: the paper's Table 4 row order; "Weighted" is Table 3's ours_feature run, reused
 TABLE4_ROWS: tuple[str, ...] = ("erm", "kd_t3", "kd_t10", "kd_t20", "ours_feature")
@@ -103,9 +114,14 @@ def cell_dir(out: str | os.PathLike[str], fold: int, seed: int) -> Path:
     return Path(out) / f"fold{fold}" / f"seed{seed}"
 
 
-def teachers_dir(out: str | os.PathLike[str], fold: int, seed: int, rule: str) -> Path:
-    """Folder of one rule's teachers (``partition.json``, ``subset<j>/``) for a fold and seed."""
-    return cell_dir(out, fold, seed) / f"teachers_{rule}"
+def teachers_dir(out: str | os.PathLike[str], fold: int, seed: int, rule: str, *, crossfit_k: int = 0,
+                 teacher_init: str | None = None) -> Path:
+    """Folder of one rule's teachers (``partition.json``, ``subset<j>/``) for a fold and seed; a variant
+    (``crossfit_k`` >= 2: ``_xf<K>``, with ``part<k>/`` below; ``teacher_init='erm'``: ``_erminit``) has
+    its own folder, so no student ever reads another variant's teachers."""
+    name = f"teachers_{rule}" + (f"_xf{crossfit_k}" if crossfit_k else "") + (f"_{teacher_init}init"
+                                                                              if teacher_init else "")
+    return cell_dir(out, fold, seed) / name
 
 
 def config_path(rel: str) -> Path:
