@@ -208,3 +208,22 @@ def test_plain_model_lists_are_wrapped_per_set(tmp_path: Path) -> None:
     bank = build_bank(tmp_path / "b.rskd", sets, _loader(), N, parts=parts, partition=PART)
     x = torch.tensor([[3.0]])
     torch.testing.assert_close(bank[[3]], SubsetTeachers(sets[1], PART)(x).half().float())
+
+
+# ---------------------------------------------------------------------------- README example
+
+def test_readme_crossfit_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = README.read_text(encoding="utf-8").split("## RSKD in your own training loop", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert "crossfit_parts" in blocks[1], "README's second block of the section is no longer the cross-fit one"
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"__name__": "readme_example"}
+    for code in blocks[:2]:  # the whole method, then the cross-fitted bank from its teacher loop
+        exec(compile(code, str(README), "exec"), ns)
+    bank, sets, parts, x = ns["bank"], ns["sets"], ns["parts"], ns["x"]
+    assert bank.header["metadata"]["crossfit"]["k"] == 2 and len(sets) == 2
+    for k, part in enumerate(bank.crossfit_parts()):
+        assert np.array_equal(part, parts[k])
+        rows = torch.as_tensor(part)
+        torch.testing.assert_close(bank[rows], sets[k](x[rows]).half().float(), rtol=0, atol=0)
+    assert ns["ap_teachers"].shape == (ns["C"],)
