@@ -26,6 +26,7 @@ This module is the top of the package: it imports the others, none imports it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -37,10 +38,11 @@ from typing import Any
 
 from recipes.config import RULES, ConfigError, load_config, profile_help, resolve_profile
 from recipes.engine.run_lock import RunLock
+from recipes.engine.run_record import RECORD_JSON
 from recipes.table3 import slurm
 from recipes.table3.collect import collect_tables, stage_times
 from recipes.table3.figures import write_figures
-from recipes.table3.jobs import Job, build_jobs, print_commands
+from recipes.table3.jobs import Job, build_jobs, is_finished, print_commands
 from recipes.table3.local import RunReport, run_jobs
 from recipes.table3.rows import ROWS, TABLES, SweepError, config_path, run_dir_name, teacher_rule
 from recipes.table3.store import RECORDS, RunStore, gather_records, provenance
@@ -116,6 +118,25 @@ def check_manifest(out: Path, profile: str, sets: Sequence[str], teacher_seed: i
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(want, indent=1) + "\n")
+
+
+def skip_recorded(jobs: Sequence[Job], out: Path) -> list[Job]:
+    """The jobs to launch, less those finished elsewhere: a run with its record in ``<out>/records/<id>/``
+    (e.g. committed by the machine that ran it) and no ``result.json`` here is not run again, unless a
+    job that runs needs its checkpoint (a teacher's or OLTR stage 1's ``best.pt``, which records do not
+    hold): then it runs again, and its new record replaces the old one when gathered."""
+    by_id = {j.id: j for j in jobs}
+    recorded = {j.id for j in jobs if not is_finished(j) and (out / RECORDS / j.id / RECORD_JSON).is_file()}
+    to_run = {j.id for j in jobs if not is_finished(j)} - recorded
+    need = {d for jid in to_run for d in by_id[jid].deps if d in recorded}
+    while need:  # what runs needs its dependencies' checkpoints, and they their own
+        to_run |= need
+        need = {d for jid in need for d in by_id[jid].deps if d in recorded} - to_run
+    skip = recorded - to_run
+    if recorded:
+        print(f"[records] {len(recorded)} run(s) finished elsewhere (in {out / RECORDS}): {len(skip)} not run again, "
+              f"{len(recorded) - len(skip)} run again (a run here needs their checkpoints)", flush=True)
+    return [dataclasses.replace(j, deps=tuple(d for d in j.deps if d not in skip)) for j in jobs if j.id not in skip]
 
 
 def _launch(jobs: list[Job], out: Path, a: argparse.Namespace) -> RunReport | None:
@@ -249,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         with RunLock(out):  # one live sweep per sweep folder (each run also locks its own folder)
             check_manifest(out, a.profile, a.set, a.teacher_seed)
-            report = _launch(jobs, out, a)
+            report = _launch(skip_recorded(jobs, out), out, a)
         if report is None:  # submitted to SLURM: collect later with --collect-only
             return 0
     store = _store(a, out)

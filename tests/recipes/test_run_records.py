@@ -203,3 +203,35 @@ def test_a_real_run_writes_its_record(tmp_path, one_thread):
         np.testing.assert_allclose(small[f"{part}_logits"], full[f"{part}_logits"], rtol=1e-3, atol=1e-3)
     size = (run / RECORD_JSON).stat().st_size + (run / RECORD_NPZ).stat().st_size
     assert size < 50_000, size
+
+
+def test_runs_recorded_elsewhere_are_not_run_again_unless_their_checkpoints_are_needed(tmp_path):
+    from recipes.table3.jobs import build_jobs
+
+    counts = (502, 318, 202, 128, 81, 51, 33, 20, 13, 8, 5, 4)
+    out = tmp_path / "sweep"
+    jobs = build_jobs(["erm", "ours_shot"], [0], [0, 1], out, "demo",
+                      fold_data=lambda cfg: (np.asarray(counts), tuple(f"c{i}" for i in range(12))))
+    by_id = {j.id: j for j in jobs}
+
+    def record(jid):
+        (out / "records" / jid).mkdir(parents=True, exist_ok=True)
+        (out / "records" / jid / RECORD_JSON).write_text("{}")
+
+    # seed 0 finished on another machine: every run of it recorded; seed 1: the shot teachers recorded only,
+    # while ours_shot of seed 1 still has to run (it needs those teachers' best.pt: they run again)
+    for jid in by_id:
+        if jid.startswith("fold0/seed0/") or jid.startswith("fold0/seed1/teachers_shot/"):
+            record(jid)
+    kept = {j.id: j for j in table3_cli.skip_recorded(jobs, out)}
+    assert not any(jid.startswith("fold0/seed0/") for jid in kept)
+    seed1 = {jid for jid in by_id if jid.startswith("fold0/seed1/")}
+    assert set(kept) == seed1  # the recorded seed-1 teachers run again for ours_shot
+    assert kept["fold0/seed1/ours_shot"].deps == by_id["fold0/seed1/ours_shot"].deps
+    # a finished run here whose dependency is only recorded keeps no dangling dependency
+    (out / "fold0/seed1/ours_shot").mkdir(parents=True)
+    (out / "fold0/seed1/ours_shot/result.json").write_text("{}")
+    for jid in seed1:
+        record(jid)
+    kept = {j.id: j for j in table3_cli.skip_recorded(jobs, out)}
+    assert list(kept) == ["fold0/seed1/ours_shot"] and kept["fold0/seed1/ours_shot"].deps == ()
