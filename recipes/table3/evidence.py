@@ -2,11 +2,24 @@
 and four diagnostics of the method (teachers vs ERM, KD weights, KD gradients, per-class AP change).
 
     python -m recipes.table3 --profile paper --collect-only --evidence --pair ours_focal:focal
+    python -m recipes.table3 --profile paper --collect-only --from-records --evidence   # from records/ alone
 
-:func:`write_evidence` reads the finished runs of a sweep folder (layout: :mod:`recipes.table3.rows`) and
-writes under ``<out>/evidence/`` (atomically): ``evidence.md`` (the report it returns), ``paired.md/.csv``,
-``pooled.md/.csv``, ``pooled_counts.csv``, ``teachers.md/.csv``, ``kd_weights.csv``, ``grad_ratio.md/.csv``,
-``ap_change.csv`` and ``fig_*.png``. A missing file is left out with a line in the report, never an error.
+:func:`write_evidence` reads the finished runs of a sweep folder (layout: :mod:`recipes.table3.rows`), from
+their run folders or their records (:class:`recipes.table3.store.RunStore`: the diagnostics need only the
+per-class AP, the predictions and the per-epoch metrics lines, all in a record), and writes under
+``<out>/evidence/`` (atomically): ``evidence.md`` (the report it returns), ``paired.md/.csv``,
+``paired_cells.md/.csv``, ``pooled.md/.csv``, ``pooled_counts.csv``, ``teachers.md/.csv``, ``kd_weights.csv``,
+``grad_ratio.md/.csv``, ``ap_change.csv`` and ``fig_*.png``. A missing file is left out with a line in the
+report, never an error.
+
+Paired tests (section 1): the fold is the unit. The seeds of a fold share its test images and its teachers,
+so the (fold, seed) cells are not independent: each fold's differences are averaged over its seeds first,
+then a paired t-interval over the fold means with df = folds - 1 (:func:`paired_interval`). With a single
+fold (hold-out profiles) the cells are the unit, with a note. The primary comparisons (pre-registered;
+default each rule's "Ours" against ERM, :data:`PRIMARY_ROWS`) also get Bonferroni intervals at level
+1 - 0.05 / k over the k of them, and a verdict. The per-cell view (df = cells - 1) is kept as a labelled
+secondary table (``paired_cells``). Every number in the report is the computed one.
+
 Groups: :func:`rskd_loss.metrics.shot_groups` / :func:`~rskd_loss.metrics.group_map`; per run by its own
 ``train_class_counts`` (sections 1, 4, 5; section 1 also by the run's recorded thresholds, as Table 3), for
 pooled / averaged numbers by the per-class training count averaged over every ERM run found (sections 2, 3,
@@ -564,7 +577,10 @@ def _paired_files(paired: list[dict], cells: list[dict], primary: Sequence[tuple
                    f"independent ({pct} t-interval, df = cells - 1): narrower than it should be, because the seeds "
                    "of a fold share its test images and teachers; for reference only.", ["row", "reference", *GROUPS],
                    _pivot(cells, ("row", "reference"), lambda x: f"{_interval(x)} ({x['above']}/{x['n']})"))
-    return {"paired.csv": _csv(paired), "paired.md": md, "paired_cells.csv": _csv(cells), "paired_cells.md": cells_md}
+    files = {"paired.csv": _csv(paired), "paired.md": md, "paired_cells.csv": _csv(cells)}
+    if unit == "fold":  # with one fold, section 1 is already per cell
+        files["paired_cells.md"] = cells_md
+    return files
 
 
 def _provenance_md(prov: Mapping[str, Any] | None) -> list[str]:

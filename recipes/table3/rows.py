@@ -10,7 +10,8 @@ Folder layout under the sweep's ``--out`` (default ``runs/table3/<profile>``)::
                                            of the name, so another --ours-rule never reuses them
     fold<k>/seed<s>/oltr_stage1/
     fold<k>/seed<s>/teachers_<rule>/       partition.json, subset0/ ... subset<k-1>/ (teacher runs)
-    table3.md table3.csv table4.md table4.csv figures/ logs/ sweep.json
+    records/fold<k>/seed<s>/<run>/         record.json + record.npz of every finished run (committable)
+    table3.md table3.csv table4.md table4.csv provenance.json figures/ logs/ sweep.json
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ them into ``<out>/records/<run id>/`` (the run id is the run folder relative to 
 ``fold0/seed1/ours_shot``; a rule's ``partition.json`` goes to ``records/fold0/seed1/teachers_shot/``), so
 that ``records/`` alone is a complete, committable result. :class:`RunStore` reads a run by its id from
 either place with the same answers: the result (``result.json`` / the record's ``result``), the
-predictions (``predictions.npz`` / ``record.npz``, float16 logits as float32), the per-epoch metrics and
+predictions (``predictions.npz`` / ``record.npz``, the same float32 logits), the per-epoch metrics and
 the record itself (for :func:`provenance`). Imports :mod:`recipes.table3.rows` only, of this package.
 """
 from __future__ import annotations
@@ -136,7 +136,8 @@ def gather_records(out: str | os.PathLike[str]) -> int:
 
 
 def _collection_info() -> dict[str, Any]:
-    return {"command": [sys.executable, *sys.argv], "time": datetime.datetime.now(datetime.timezone.utc)
+    command = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]  # orig_argv keeps "-m recipes.table3"
+    return {"command": list(command), "time": datetime.datetime.now(datetime.timezone.utc)
             .isoformat(timespec="seconds"), "machine": machine_info("cpu"), "code": code_version()}
 
 
