@@ -208,11 +208,13 @@ def _folds(a: argparse.Namespace, base_cfg: Mapping[str, Any]) -> list[int]:
 
 def run_ids(rows: Sequence[str], folds: Sequence[int], seeds: Sequence[int], ours_rule: str,
             store: RunStore) -> list[str]:
-    """Ids of the runs the tables and evidence read: each row's, and the teachers of its rule found in ``store``."""
+    """Ids of the runs the tables and evidence rest on: each row's, OLTR stage 1 when a row starts from it,
+    and the teachers of the rows' rules found in ``store``."""
     ids = []
     for f in folds:
         for s in seeds:
             ids += [f"fold{f}/seed{s}/{run_dir_name(r, ours_rule)}" for r in rows]
+            ids += [f"fold{f}/seed{s}/oltr_stage1"] if any(ROWS[r].oltr_init for r in rows) else []
             rules = dict.fromkeys(x for r in rows if (x := teacher_rule(r, ours_rule)) is not None)
             ids += [t for rule in rules for t in store.finished(f"fold{f}/seed{s}/teachers_{rule}")]
     return ids
