@@ -16,7 +16,8 @@ This module is the command line: it reads the config, sets up the process and th
 makes the method's task (:func:`recipes.engine.tasks.make_task`) and hands it to
 :class:`recipes.engine.trainer.Trainer`.
 Outputs in the run folder: ``config.json`` and those of the trainer (``metrics.jsonl``, ``last.pt``,
-``best.pt``, ``result.json``, ``predictions.npz``), all written atomically.
+``best.pt``, ``result.json``, ``predictions.npz``, and the committable ``record.json`` + ``record.npz`` of
+:mod:`recipes.engine.run_record`), all written atomically.
 """
 from __future__ import annotations
 
@@ -86,24 +87,25 @@ def resume_state(out_dir: Path, cfg: Mapping) -> dict | None:
     return state
 
 
-def run(cfg: dict, out_dir: Path, resume: bool) -> dict:
+def run(cfg: dict, out_dir: Path, resume: bool, command: Sequence[str] | None = None) -> dict:
     """One run of the config's method in ``out_dir``; returns (and writes) its ``result.json``.
 
     Rank 0 holds the run folder's lock (:class:`recipes.engine.run_lock.RunLock`) for the whole run: a
     second live process on the folder is refused; a killed owner's lock is taken over, and only then
-    are the partly written files it left removed.
+    are the partly written files it left removed. ``command``: the command line, for the run's record.
     """
     rank, world, device = setup_distributed(cfg["run"]["device"])
     lock = RunLock(out_dir).acquire() if rank == 0 else None
     try:
-        return _run(cfg, out_dir, resume, rank, world, device)
+        return _run(cfg, out_dir, resume, rank, world, device, command)
     finally:
         if lock is not None:
             lock.release()
         teardown_distributed()
 
 
-def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: torch.device) -> dict:
+def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: torch.device,
+         command: Sequence[str] | None) -> dict:
     r = cfg["run"]
     seed_everything(r["seed"] + rank, r["deterministic"])
     saved = resume_state(out_dir, plain_config(cfg)) if resume else None
@@ -126,7 +128,7 @@ def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: 
     info = {"name": meth["name"], "stage": meth["stage"], "fold": cfg["data"]["fold"], "seed": r["seed"]}
     if data["skipped"] is not None:
         info["skipped_images"] = data["skipped"]
-    result = trainer.test(info, started)
+    result = trainer.test(info, started, command)
     if rank == 0:
         m = result["test"]["map"]
         fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.2f}"  # noqa: E731
@@ -137,11 +139,12 @@ def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    command = [sys.executable, "-m", "recipes.train", *(sys.argv[1:] if argv is None else argv)]
     overrides = list(args.set)
     if args.out_dir is not None:
         overrides.append(f"run.out_dir={args.out_dir!r}")
     cfg = load_config(args.config, args.profile, overrides)
-    return run(cfg, Path(cfg["run"]["out_dir"]), args.resume)
+    return run(cfg, Path(cfg["run"]["out_dir"]), args.resume, command)
 
 
 if __name__ == "__main__":

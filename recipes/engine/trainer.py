@@ -5,8 +5,9 @@ What differs between methods (model, criterion, data view, loss of a batch, epoc
 (:mod:`recipes.engine.tasks`); the trainer only calls it. Outputs in the run folder: ``metrics.jsonl`` (one
 line per epoch), ``last.pt`` (every epoch, and every ``run.checkpoint_every`` steps), ``best.pt``
 (best validation mAP), and at the end ``result.json`` (test metrics of the best checkpoint) and
-``predictions.npz`` (its per-image val / test logits). Everything is written atomically; checkpoints
-load with ``weights_only=True``.
+``predictions.npz`` (its per-image val / test logits), preceded by the run's small, committable record
+(``record.json`` + ``record.npz``, :mod:`recipes.engine.run_record`). Everything is written atomically;
+checkpoints load with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from recipes.engine.checkpoints import (
 )
 from recipes.engine.predict import bce_value, predict
 from recipes.engine.run_log import TensorBoard, append_jsonl, progress, truncate_metrics
+from recipes.engine.run_record import record_arrays, write_record
 from recipes.engine.tasks import RunContext, Task
 from rskd_loss.fileio import atomic_write_bytes
 from rskd_loss.metrics import average_precision_per_class, group_map
@@ -270,9 +272,10 @@ class Trainer:
         tb.close()
 
     # ---- test
-    def test(self, info: Mapping[str, Any], started: float) -> dict:
+    def test(self, info: Mapping[str, Any], started: float, command: Sequence[str] | None = None) -> dict:
         """Test (and validation) metrics of ``best.pt``, written to ``result.json`` with ``info``, the
-        task's own entries and the seconds since ``started``; per-image logits to ``predictions.npz``."""
+        task's own entries and the seconds since ``started``; per-image logits to ``predictions.npz``; the
+        run's record (with ``command``) before ``result.json``, so that every finished run has one."""
         ctx, out_dir = self.ctx, self.ctx.out_dir
         best = load_checkpoint(out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
@@ -288,6 +291,9 @@ class Trainer:
                             "map": {k: (None if v != v else v) for k, v in groups.items()}}
         if ctx.main:
             self._write_predictions(parts)
+            rows = self.ctx.data["rows"]
+            arrays = record_arrays(self.columns, {p: {**res, "rows": rows[p]} for p, res in parts.items()})
+            write_record(out_dir, result, arrays, self.plain_cfg, command=command, started=started, ended=time.time())
             atomic_write_json(out_dir / "result.json", result)
         barrier(ctx.world)
         return result

@@ -10,7 +10,9 @@ checks that no import goes round in a circle):
   with a progress line that estimates the time left;
 * :mod:`~recipes.table3.slurm`: the same graph through submitit (SLURM with ``afterok`` dependencies,
   or submitit's local executor);
-* :mod:`~recipes.table3.collect`: the tables from the runs' ``result.json``;
+* :mod:`~recipes.table3.store`: reading a run from its folder or its record (``<out>/records/``), gathering
+  the records, their provenance;
+* :mod:`~recipes.table3.collect`: the tables from the runs' ``result.json`` (or their records);
 * :mod:`~recipes.table3.figures`: Figs. 1, 4 and 5;
 * :mod:`~recipes.table3.evidence`: paired differences, bootstrap intervals and the method's diagnostics;
 * :mod:`~recipes.table3.cli`: the command line (``get_args_parser``, ``main``), the top.

@@ -1,11 +1,13 @@
-"""The tables from the sweep's run records (each run's ``result.json``).
+"""The tables from the sweep's results (each run's ``result.json``, or its record's copy of it).
 
 For each selected table: test mAP (head / medium / tail / total, in %) as mean +- sample standard
 deviation (``ddof=1``; blank with a single run) over the runs of the row (folds x seeds). Per run, the
 groups are recomputed with :func:`rskd_loss.metrics.group_map` from the run's per-class test AP, its
 ``train_class_counts`` and its ``thresholds`` (the profile's ``method.partition.thresholds`` for a
-result without them). Written atomically: ``table<N>.md`` and ``table<N>.csv``.
-Imports :mod:`recipes.table3.rows` only, of this package.
+result without them). Written atomically: ``table<N>.md`` and ``table<N>.csv``. The results are read
+through a :class:`recipes.table3.store.RunStore`: from the run folders, or (``records``) from the runs'
+records alone, with the same bytes written either way.
+Imports :mod:`recipes.table3.rows` and :mod:`recipes.table3.store`, of this package.
 """
 from __future__ import annotations
 
@@ -29,14 +31,14 @@ from recipes.table3.rows import (
     TABLES,
     TEACHER_VARIANT_ROWS,
     SweepError,
-    cell_dir,
     run_dir_name,
 )
+from recipes.table3.store import RunStore
 from rskd_loss.fileio import atomic_write_text
 from rskd_loss.metrics import group_map
 
-__all__ = ["TableRow", "read_result", "ap_vector", "fmt_number", "run_group_map", "collect_table", "write_table",
-           "collect_tables", "stage_times"]
+__all__ = ["TableRow", "read_result", "check_result", "ap_vector", "fmt_number", "run_group_map", "collect_table",
+           "write_table", "collect_tables", "stage_times"]
 
 
 def read_result(path: Path) -> dict[str, Any]:
@@ -45,6 +47,11 @@ def read_result(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text("utf-8"))
     except ValueError as exc:
         raise SweepError(f"{path}: expected a JSON result, got invalid JSON ({exc})") from exc
+    return check_result(doc, path)
+
+
+def check_result(doc: Any, path: Path | str) -> dict[str, Any]:
+    """``doc`` if it is a result with the keys the tables read, else ``SweepError`` naming ``path``."""
     if not isinstance(doc, dict):
         raise SweepError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     for key in ("name", "test", "train_class_counts"):
@@ -95,18 +102,23 @@ def collect_table(
     *,
     ours_rule: str = "shot",
     thresholds: Sequence[float] = (100, 20),
+    store: RunStore | None = None,
 ) -> list[TableRow]:
-    """Read the rows' ``result.json`` files (missing ones are left out) and average them."""
+    """Read the rows' results (missing ones are left out) from ``store`` (default: the run folders under
+    ``out``) and average them."""
+    store = store if store is not None else RunStore(out)
     labels = {r: ROWS[r].label for r in rows} | TABLE_LABELS.get(table, {})
     out_rows: list[TableRow] = []
     for row in rows:
         results = []
         for fold in folds:
             for seed in seeds:
-                path = cell_dir(out, fold, seed) / run_dir_name(row, ours_rule) / "result.json"
-                if not path.is_file():
+                rid = f"fold{fold}/seed{seed}/{run_dir_name(row, ours_rule)}"
+                doc = store.result(rid)
+                if doc is None:
                     continue
-                res = read_result(path)
+                path = store.where(rid)
+                res = check_result(doc, path)
                 if res["name"] != row or res.get("fold", fold) != fold or res.get("seed", seed) != seed:
                     raise SweepError(f"{path}: expected the result of row {row!r}, fold {fold}, seed {seed}; got "
                                      f"name {res['name']!r}, fold {res.get('fold')}, seed {res.get('seed')}")
@@ -166,26 +178,33 @@ def collect_tables(
     ours_rule: str = "shot",
     thresholds: Sequence[float] = (100, 20),
     title: str = "",
+    store: RunStore | None = None,
 ) -> tuple[str, dict[int, list[TableRow]]]:
     """Write every selected table (its rows among ``rows``; Table 3 also the selected teacher-variant rows,
-    after its own); returns their markdown and their rows by table."""
+    after its own) into ``out``, reading the results from ``store`` (default: the run folders under
+    ``out``); returns their markdown and their rows by table."""
+    store = store if store is not None else RunStore(out)
     texts, collected = [], {}
     for t in tables:
         sel = [r for r in TABLES[t] if r in rows] + [r for r in TEACHER_VARIANT_ROWS if t == 3 and r in rows]
         if not sel:
             continue
-        collected[t] = collect_table(t, sel, out, folds, seeds, ours_rule=ours_rule, thresholds=thresholds)
+        collected[t] = collect_table(t, sel, out, folds, seeds, ours_rule=ours_rule, thresholds=thresholds,
+                                     store=store)
         texts.append(write_table(t, collected[t], out, title=title))
     return "\n".join(texts), collected
 
 
-def stage_times(out: str | os.PathLike[str], folds: Sequence[int], seeds: Sequence[int]) -> dict[str, float]:
-    """Seconds spent per stage (baseline / teacher / student) over every finished run under ``out``."""
+def stage_times(out: str | os.PathLike[str], folds: Sequence[int], seeds: Sequence[int],
+                store: RunStore | None = None) -> dict[str, float]:
+    """Seconds spent per stage (baseline / teacher / student) over every finished run of ``store``
+    (default: the run folders under ``out``)."""
+    store = store if store is not None else RunStore(out)
     total: dict[str, float] = {}
     for fold in folds:
         for seed in seeds:
-            for path in sorted(cell_dir(out, fold, seed).glob("**/result.json")):
-                res = read_result(path)
+            for rid in store.finished(f"fold{fold}/seed{seed}"):
+                res = check_result(store.result(rid), store.where(rid))
                 stage = str(res.get("stage", "?"))
                 total[stage] = total.get(stage, 0.0) + float(res.get("seconds") or 0.0)
     return total

@@ -2,11 +2,24 @@
 and four diagnostics of the method (teachers vs ERM, KD weights, KD gradients, per-class AP change).
 
     python -m recipes.table3 --profile paper --collect-only --evidence --pair ours_focal:focal
+    python -m recipes.table3 --profile paper --collect-only --from-records --evidence   # from records/ alone
 
-:func:`write_evidence` reads the finished runs of a sweep folder (layout: :mod:`recipes.table3.rows`) and
-writes under ``<out>/evidence/`` (atomically): ``evidence.md`` (the report it returns), ``paired.md/.csv``,
-``pooled.md/.csv``, ``pooled_counts.csv``, ``teachers.md/.csv``, ``kd_weights.csv``, ``grad_ratio.md/.csv``,
-``ap_change.csv`` and ``fig_*.png``. A missing file is left out with a line in the report, never an error.
+:func:`write_evidence` reads the finished runs of a sweep folder (layout: :mod:`recipes.table3.rows`), from
+their run folders or their records (:class:`recipes.table3.store.RunStore`: the diagnostics need only the
+per-class AP, the predictions and the per-epoch metrics lines, all in a record), and writes under
+``<out>/evidence/`` (atomically): ``evidence.md`` (the report it returns), ``paired.md/.csv``,
+``paired_cells.md/.csv``, ``pooled.md/.csv``, ``pooled_counts.csv``, ``teachers.md/.csv``, ``kd_weights.csv``,
+``grad_ratio.md/.csv``, ``ap_change.csv`` and ``fig_*.png``. A missing file is left out with a line in the
+report, never an error.
+
+Paired tests (section 1): the fold is the unit. The seeds of a fold share its test images and its teachers,
+so the (fold, seed) cells are not independent: each fold's differences are averaged over its seeds first,
+then a paired t-interval over the fold means with df = folds - 1 (:func:`paired_interval`). With a single
+fold (hold-out profiles) the cells are the unit, with a note. The primary comparisons (pre-registered;
+default each rule's "Ours" against ERM, :data:`PRIMARY_ROWS`) also get Bonferroni intervals at level
+1 - 0.05 / k over the k of them, and a verdict. The per-cell view (df = cells - 1) is kept as a labelled
+secondary table (``paired_cells``). Every number in the report is the computed one.
+
 Groups: :func:`rskd_loss.metrics.shot_groups` / :func:`~rskd_loss.metrics.group_map`; per run by its own
 ``train_class_counts`` (sections 1, 4, 5; section 1 also by the run's recorded thresholds, as Table 3), for
 pooled / averaged numbers by the per-class training count averaged over every ERM run found (sections 2, 3,
@@ -17,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 import warnings
@@ -31,12 +43,14 @@ import numpy as np
 from scipy import stats
 
 from recipes.table3.collect import run_group_map
-from recipes.table3.rows import ROWS, run_dir_name, teachers_dir
+from recipes.table3.rows import ROWS, run_dir_name
+from recipes.table3.store import RunStore
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 from rskd_loss.metrics import average_precision_per_class, group_map, shot_group_of, shot_groups
-from rskd_loss.partition import RULES, Partition
+from rskd_loss.partition import RULES
 
-__all__ = ["write_evidence", "t_interval", "weighted_ap", "bootstrap_group_maps", "GROUPS"]
+__all__ = ["write_evidence", "t_interval", "paired_interval", "paired_tests", "verdict", "PRIMARY_ROWS",
+           "weighted_ap", "bootstrap_group_maps", "GROUPS"]
 
 GROUPS = ("head", "medium", "tail", "total")
 COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
@@ -45,33 +59,21 @@ COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 # ------------------------------------------------------------------------------------ reading
 
 class _Sweep:
-    """Cached reads of one sweep folder; every missing file is recorded in ``missing`` (relative paths)."""
+    """The runs of one sweep by (row, fold, seed), read through ``store`` (run folders or records); every
+    missing file is recorded in ``store.missing``."""
 
-    def __init__(self, out: Path, ours_rule: str) -> None:
-        self.out, self.ours_rule, self.missing, self._cache = out, ours_rule, [], {}
+    def __init__(self, store: RunStore, ours_rule: str) -> None:
+        self.store, self.ours_rule = store, ours_rule
+        self.result, self.preds, self.metrics = store.result, store.preds, store.metrics
 
-    def run(self, row: str, fold: int, seed: int) -> Path:
+    @property
+    def missing(self) -> list[str]:
+        return self.store.missing
+
+    def run(self, row: str, fold: int, seed: int) -> str:
+        """The run id (folder relative to the sweep) of a table row or a folder name."""
         name = run_dir_name(row, self.ours_rule) if row in ROWS else row
-        return self.out / f"fold{fold}" / f"seed{seed}" / name
-
-    def _load(self, path: Path, reader: Any) -> Any:
-        if path not in self._cache:
-            if not path.is_file():
-                self.missing.append(path.relative_to(self.out).as_posix())
-                self._cache[path] = None
-            else:
-                self._cache[path] = reader(path)
-        return self._cache[path]
-
-    def result(self, run: Path) -> dict | None:
-        return self._load(run / "result.json", lambda p: json.loads(p.read_text("utf-8")))
-
-    def preds(self, run: Path) -> dict | None:
-        return self._load(run / "predictions.npz", lambda p: dict(np.load(p)))
-
-    def metrics(self, run: Path) -> list[dict] | None:
-        return self._load(run / "metrics.jsonl",
-                          lambda p: [json.loads(s) for s in p.read_text("utf-8").splitlines() if s.strip()])
+        return f"fold{fold}/seed{seed}/{name}"
 
 
 def _gvec(ap: np.ndarray, counts: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -159,23 +161,76 @@ def bootstrap_group_maps(preds: Mapping[Any, tuple[np.ndarray, np.ndarray]], cou
     return out
 
 
-# ------------------------------------------------------------------------------------ 1. paired per cell
+# ------------------------------------------------------------------------------------ 1. paired
 
-def paired_cells(sw: _Sweep, pairs: Sequence[tuple[str, str]], folds: Sequence[int], seeds: Sequence[int],
-                 thresholds: Sequence[float]) -> list[dict]:
-    """Per pair and group: t-interval of R - ref test mAP (points) over cells where both finished, cells R is above."""
-    recs = []
+def paired_interval(diffs: Mapping[int, Sequence[float]], level: float = 0.95) -> dict[str, Any]:
+    """Paired t-interval of differences given per fold (fold -> its cells' differences, one per seed).
+
+    The fold is the unit: the seeds of a fold share its test images and its teachers, so they are not
+    independent; each fold's finite differences are averaged first, then :func:`t_interval` over the F
+    fold means (df = F - 1). With a single fold (a hold-out split) there is nothing to average over: the
+    cells are the unit (df = cells - 1), ``unit`` says "cell". Returns t_interval's keys and unit, df,
+    level, above (units whose difference is > 0).
+    """
+    finite = {f: [x for x in v if x is not None and math.isfinite(x)] for f, v in diffs.items()}
+    finite = {f: v for f, v in finite.items() if v}
+    if len(finite) >= 2:
+        unit, values = "fold", [float(np.mean(v)) for v in finite.values()]
+    else:
+        unit, values = "cell", [x for v in finite.values() for x in v]
+    t = t_interval(values, level)
+    return {**t, "unit": unit, "df": t["n"] - 1 if t["n"] > 1 else math.nan, "level": level,
+            "above": sum(x > 0 for x in values)}
+
+
+def _cell_diffs(sw: _Sweep, r: str, ref: str, folds: Sequence[int], seeds: Sequence[int],
+                thresholds: Sequence[float]) -> dict[int, list[dict[str, float]]]:
+    """Per fold: R - ref group mAP differences (points) of each seed where both runs finished."""
+    out: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for f, s in product(folds, seeds):
+        a, b = sw.result(sw.run(r, f, s)), sw.result(sw.run(ref, f, s))
+        if a is not None and b is not None:
+            ga, gb = (run_group_map(x, thresholds) for x in (a, b))
+            out[f].append({g: 100 * (ga[g] - gb[g]) for g in GROUPS})
+    return out
+
+
+def paired_tests(sw: _Sweep, pairs: Sequence[tuple[str, str]], folds: Sequence[int], seeds: Sequence[int],
+                 thresholds: Sequence[float], primary: Sequence[tuple[str, str]],
+                 level: float = 0.95) -> tuple[list[dict], list[dict]]:
+    """Per pair and group: the paired test of R - ref test mAP with the fold as unit (:func:`paired_interval`),
+    and for the ``primary`` pairs also its Bonferroni interval at level 1 - (1 - level) / len(primary); then,
+    secondary, the same over the (fold, seed) cells as if they were independent (df = cells - 1, too
+    narrow when the seeds of a fold are correlated). Returns (primary-unit records, per-cell records)."""
+    k = len(primary)
+    bonf = 1 - (1 - level) / k if k else math.nan
+    recs, cells = [], []
     for r, ref in pairs:
-        diffs = []
-        for f, s in product(folds, seeds):
-            a, b = sw.result(sw.run(r, f, s)), sw.result(sw.run(ref, f, s))
-            if a is not None and b is not None:
-                ga, gb = (run_group_map(x, thresholds) for x in (a, b))
-                diffs.append({g: 100 * (ga[g] - gb[g]) for g in GROUPS})
+        by_fold = _cell_diffs(sw, r, ref, folds, seeds, thresholds)
         for g in GROUPS:
-            d = [x[g] for x in diffs if math.isfinite(x[g])]
-            recs.append({"row": r, "reference": ref, "group": g, **t_interval(d), "above": sum(x > 0 for x in d)})
-    return recs
+            d = {f: [x[g] for x in v] for f, v in by_fold.items()}
+            rec = {"row": r, "reference": ref, "group": g, **paired_interval(d, level),
+                   "primary": (r, ref) in primary, "bonferroni_level": math.nan, "bonferroni_lo": math.nan,
+                   "bonferroni_hi": math.nan}
+            if rec["primary"]:
+                b = paired_interval(d, bonf)
+                rec.update(bonferroni_level=bonf, bonferroni_lo=b["lo"], bonferroni_hi=b["hi"])
+            recs.append(rec)
+            flat = [x for v in d.values() for x in v if math.isfinite(x)]
+            cells.append({"row": r, "reference": ref, "group": g, **t_interval(flat, level),
+                          "df": len(flat) - 1 if len(flat) > 1 else math.nan, "above": sum(x > 0 for x in flat)})
+    return recs, cells
+
+
+def verdict(rec: Mapping[str, Any], lo: str = "lo", hi: str = "hi") -> str:
+    """"above 0" / "below 0" when the interval excludes 0, else "no difference resolved (half-width h)"."""
+    if not (math.isfinite(rec[lo]) and math.isfinite(rec[hi])):
+        return "not testable (fewer than 2 units)"
+    if rec[lo] > 0:
+        return "above 0"
+    if rec[hi] < 0:
+        return "below 0"
+    return f"no difference resolved (half-width {_f((rec[hi] - rec[lo]) / 2)})"
 
 
 # ------------------------------------------------------------------------------------ 2. pooled
@@ -253,16 +308,16 @@ def teacher_section(sw: _Sweep, folds: Sequence[int], seeds: Sequence[int], base
     images and on the teacher's positive view (images with a positive among the subset's classes), mean over cells."""
     acc: dict[tuple[str, int], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for rule, f, s in product(RULES, folds, seeds):
-        tdir = teachers_dir(sw.out, f, s, rule)
-        if not tdir.is_dir():
+        tdir = f"fold{f}/seed{s}/teachers_{rule}"
+        if not sw.store.has_dir(tdir):
             continue
         erm = sw.preds(sw.run(baseline, f, s))
-        part = sw._load(tdir / "partition.json", Partition.from_json)
+        part = sw.store.partition(tdir)
         if erm is None or part is None:
             continue
         col = {int(c): i for i, c in enumerate(erm["classes"])}
         for j, subset in enumerate(part.subsets):
-            t = sw.preds(tdir / f"subset{j}")
+            t = sw.preds(f"{tdir}/subset{j}")
             if t is None:
                 continue
             if [int(c) for c in t["classes"]] != list(subset):
@@ -490,23 +545,85 @@ def _pooled_files(sw: _Sweep, rows: Sequence[str], comps: list, folds: Sequence[
     return files, teach, change
 
 
+#: the pre-registered primary comparisons (docs/experiments/2026-12-02-cpu-pretrained-sweep.md): each rule's
+#: "Ours" against the baseline, total test mAP; Bonferroni over those of them the sweep holds
+PRIMARY_ROWS = ("ours_shot", "ours_region", "ours_feature")
+
+
+def _paired_files(paired: list[dict], cells: list[dict], primary: Sequence[tuple[str, str]],
+                  level: float) -> dict[str, str]:
+    """paired.csv / .md (fold as unit, primary tests with Bonferroni) and paired_cells.csv / .md (secondary)."""
+    unit = paired[0]["unit"] if paired else "fold"
+    pct = f"{100 * level:g} %"
+    how = ("the seeds of each fold averaged first (they share the fold's test images and teachers), then a paired "
+           "t-interval over the fold means, df = folds - 1" if unit == "fold" else
+           "ONE fold only (a hold-out split): the (fold, seed) cells are the unit, df = cells - 1; they share the "
+           "test images and teachers, so the interval covers seed-to-seed variation only, not the data")
+    prim = [r for r in paired if r["primary"] and r["group"] == "total"]
+    body = [[r["row"], r["reference"], r["n"], _f(r["df"], 0), _interval(r),
+             f"{_f(r['bonferroni_level'] * 100, 2)} %: [{_f(r['bonferroni_lo'])}, {_f(r['bonferroni_hi'])}]",
+             verdict(r), verdict(r, "bonferroni_lo", "bonferroni_hi")] for r in prim]
+    md = ""
+    if prim:
+        md = _md(f"**1a. Primary tests** ({len(primary)} pre-registered comparisons, total test mAP, points): mean "
+                 f"[{pct} t-interval] and the Bonferroni interval over the {len(primary)} comparisons; {how}.",
+                 ["row", "reference", f"{unit}s", "df", f"mean [{pct}]", "Bonferroni", f"verdict {pct}",
+                  "verdict Bonferroni"], body) + "\n"
+    md += _md(f"**1. Paired, {unit} as unit.** Test mAP of row minus reference (points): mean [{pct} t-interval] "
+              f"({unit}s where row is above / {unit}s); {how}. Bonferroni intervals of the primary comparisons in "
+              "paired.csv.", ["row", "reference", *GROUPS],
+              _pivot(paired, ("row", "reference"), lambda x: f"{_interval(x)} ({x['above']}/{x['n']})"))
+    cells_md = _md(f"**1c. Secondary: per (fold, seed) cell.** The same differences with every cell taken as "
+                   f"independent ({pct} t-interval, df = cells - 1): narrower than it should be, because the seeds "
+                   "of a fold share its test images and teachers; for reference only.", ["row", "reference", *GROUPS],
+                   _pivot(cells, ("row", "reference"), lambda x: f"{_interval(x)} ({x['above']}/{x['n']})"))
+    files = {"paired.csv": _csv(paired), "paired.md": md, "paired_cells.csv": _csv(cells)}
+    if unit == "fold":  # with one fold, section 1 is already per cell
+        files["paired_cells.md"] = cells_md
+    return files
+
+
+def _provenance_md(prov: Mapping[str, Any] | None) -> list[str]:
+    """The report's provenance lines: code commits of the runs, their machines and span, this collection."""
+    if prov is None:
+        return []
+    commits = ", ".join(f"`{c['commit'] or 'none'}`{' (dirty)' if c['dirty'] else ''} ({c['runs']} runs)"
+                        for c in prov["commits"]) or "none recorded"
+    machines = "; ".join(f"{m.get('platform')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, {m.get('device')}"
+                         f"{', ' + m['gpu'] if m.get('gpu') else ''} ({m['runs']} runs)" for m in prov["machines"])
+    col = prov["collected"]
+    lines = [f"- provenance: {prov['runs']} runs ({prov['with_record']} with a record); code: {commits}",
+             f"- runs made {prov['first_start']} to {prov['last_end']} on: {machines or 'not recorded'}",
+             f"- collected {col['time']} by `{' '.join(col['command'])}` at code `{col['code']['commit']}`"]
+    return lines + [f"- **WARNING**: {w}" for w in prov["warnings"]]
+
+
 def write_evidence(out: str | Path, folds: Sequence[int], seeds: Sequence[int], rows: Sequence[str], *,
                    ours_rule: str = "shot", thresholds: Sequence[float] = (100, 20), baseline: str = "erm",
-                   pairs: Sequence[tuple[str, str]] | None = None, n_boot: int = 2000, figures: bool = True) -> str:
+                   pairs: Sequence[tuple[str, str]] | None = None, n_boot: int = 2000, figures: bool = True,
+                   primary: Sequence[tuple[str, str]] | None = None, level: float = 0.95,
+                   store: RunStore | None = None, provenance: Mapping[str, Any] | None = None) -> str:
     """Write every evidence table and figure under ``<out>/evidence/``; returns the markdown report.
 
     Comparisons: every row R != ``baseline`` against it, then ``pairs`` ((row, reference), e.g.
-    ("ours_focal", "focal")). Row names are table rows (folder via ``run_dir_name``) or folder names.
+    ("ours_focal", "focal")). ``primary``: the pre-registered comparisons, Bonferroni-corrected among
+    themselves (default: each of :data:`PRIMARY_ROWS` in ``rows`` against ``baseline``). Row names are table
+    rows (folder via ``run_dir_name``) or folder names. ``store``: where the runs are read (default: the
+    run folders under ``out``); ``provenance``: :func:`recipes.table3.store.provenance`, listed in the report.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    sw, notes, teach, change = _Sweep(Path(out), ours_rule), [], [], []
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    sw, notes, teach, change = _Sweep(store if store is not None else RunStore(out), ours_rule), [], [], []
     comps = list(dict.fromkeys([(r, baseline) for r in rows if r != baseline] + [tuple(p) for p in pairs or ()]))
-    paired = paired_cells(sw, comps, folds, seeds, thresholds)
-    files = {"paired.csv": _csv(paired), "paired.md": _md(
-        "**1. Paired per cell.** Test mAP of row minus reference (points): mean over the (fold, seed) cells where "
-        "both finished [95% t-interval] (cells where row is above / cells).", ["row", "reference", *GROUPS],
-        _pivot(paired, ("row", "reference"), lambda x: f"{_interval(x)} ({x['above']}/{x['n']})"))}
+    primary = [tuple(p) for p in primary] if primary is not None else [(r, baseline) for r in PRIMARY_ROWS
+                                                                      if r in rows and r != baseline]
+    comps += [p for p in primary if p not in comps]
+    paired, cells = paired_tests(sw, comps, folds, seeds, thresholds, primary, level)
+    if paired and paired[0]["unit"] == "cell":
+        notes.append("one fold only: the paired tests use the (fold, seed) cells as unit (see section 1)")
+    files = _paired_files(paired, cells, primary, level)
     erm = [x for f, s in product(folds, seeds) if (x := sw.result(sw.run(baseline, f, s))) is not None]
     if erm:
         more, teach, change = _pooled_files(sw, rows, comps, folds, seeds, erm, baseline, thresholds, n_boot, notes)
@@ -523,8 +640,9 @@ def write_evidence(out: str | Path, folds: Sequence[int], seeds: Sequence[int], 
         notes.append(f"{len(sw.missing)} missing file(s) left out: " + ", ".join(sw.missing[:40])
                      + (f", ... ({len(sw.missing) - 40} more)" if len(sw.missing) > 40 else ""))
     md = [f"# Evidence: folds {list(folds)} x seeds {list(seeds)}, baseline {baseline}, Ours + X rule {ours_rule}",
-          "", *(f"- {n}" for n in notes), "", *(files[k] for k in ("paired.md", "pooled.md", "teachers.md",
-                                                                  "grad_ratio.md") if k in files),
+          "", *_provenance_md(provenance), *(f"- {n}" for n in notes), "",
+          *(files[k] for k in ("paired.md", "paired_cells.md", "pooled.md", "teachers.md", "grad_ratio.md")
+            if k in files),
           "KD weights per epoch (4): kd_weights.csv, fig_kd_weights.png; per-class pooled AP change (6): "
           "ap_change.csv, fig_ap_change.png; teachers per class: teachers.csv, fig_teacher_vs_erm.png.\n"]
     files["evidence.md"] = "\n".join(md)

@@ -13,7 +13,8 @@ Folder layout under the sweep's ``--out`` (default ``runs/table3/<profile>``)::
     fold<k>/seed<s>/teachers_<rule>_xf<K>/ cross-fitted (method.crossfit_k=K): part0/ ... part<K-1>/, each
                                            partition.json and subset<j>/ (trained without part k)
     fold<k>/seed<s>/teachers_<rule>_erminit/  method.teacher_init='erm': started from fold<k>/seed<s>/erm
-    table3.md table3.csv table4.md table4.csv figures/ logs/ sweep.json
+    records/fold<k>/seed<s>/<run>/         record.json + record.npz of every finished run (committable)
+    table3.md table3.csv table4.md table4.csv provenance.json figures/ logs/ sweep.json
 """
 from __future__ import annotations
 

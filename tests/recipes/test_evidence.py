@@ -23,7 +23,14 @@ from scipy import stats
 
 from recipes.config import ConfigError
 from recipes.table3 import cli as table3_cli
-from recipes.table3.evidence import bootstrap_group_maps, t_interval, weighted_ap, write_evidence
+from recipes.table3.evidence import (
+    bootstrap_group_maps,
+    paired_interval,
+    t_interval,
+    verdict,
+    weighted_ap,
+    write_evidence,
+)
 from rskd_loss.metrics import average_precision_per_class
 from rskd_loss.partition import Partition
 
@@ -167,20 +174,78 @@ def _erm_maps(pooled: bool) -> list[dict[str, float]]:
     return out
 
 
+def test_the_fold_is_the_unit_of_the_paired_test_hand_computed():
+    # 2 folds x 2 seeds, differences (points): fold 0 seeds (1, 3), fold 1 seeds (4, 6).
+    # Fold as unit: fold means 2 and 5; mean 3.5; sd = |5 - 2| / sqrt(2) = 2.12132; se = sd / sqrt(2) = 1.5;
+    # df = 1, whose t is Cauchy's: t_0.975 = tan(0.475 pi) = 12.7062, half-width 19.0593 -> [-15.5593, 22.5593].
+    # Bonferroni over 3 comparisons: level 1 - 0.05 / 3; t = tan(pi (0.991667 - 0.5)) = 38.1885, half 57.2828.
+    # The cells as if independent (the old test): mean 3.5, sd = sqrt((2.5^2 + 0.5^2 + 0.5^2 + 2.5^2) / 3) = 2.08167,
+    # se 1.04083, t_0.975,3 = 3.18245, half 3.31242 -> [0.1876, 6.8124]: "above 0", which the folds do not support.
+    d = {0: [1.0, 3.0], 1: [4.0, 6.0]}
+    fold = paired_interval(d)
+    assert (fold["unit"], fold["n"], fold["df"], fold["above"]) == ("fold", 2, 1, 2)
+    assert fold["mean"] == pytest.approx(3.5) and fold["sd"] == pytest.approx(2.12132, abs=1e-5)
+    assert (fold["lo"], fold["hi"]) == (pytest.approx(-15.5593, abs=1e-4), pytest.approx(22.5593, abs=1e-4))
+    bonf = paired_interval(d, 1 - 0.05 / 3)
+    assert (bonf["hi"] - bonf["lo"]) / 2 == pytest.approx(57.2828, abs=1e-3)
+    assert verdict(fold) == "no difference resolved (half-width 19.06)"
+    cells = t_interval([1.0, 3.0, 4.0, 6.0])
+    assert (cells["lo"], cells["hi"]) == (pytest.approx(0.1876, abs=1e-4), pytest.approx(6.8124, abs=1e-4))
+    assert verdict(cells) == "above 0"
+    # one fold (a hold-out profile): the cells are the unit, said so, no error
+    one = paired_interval({0: [1.0, 3.0]})
+    assert (one["unit"], one["n"], one["df"], one["mean"]) == ("cell", 2, 1, 2.0)
+    assert math.isnan(paired_interval({0: [1.0]})["lo"]) and verdict(paired_interval({0: [1.0]})).startswith("not")
+
+
 def test_paired_differences_against_hand_computation(sweep):
-    out, _ = sweep
+    out, text = sweep
     got = {(r["row"], r["reference"], r["group"]): r for r in _csv(out / "evidence" / "paired.csv")}
+    cells = {(r["row"], r["reference"], r["group"]): r for r in _csv(out / "evidence" / "paired_cells.csv")}
     for g in ("head", "medium", "tail", "total"):
         zero = got[("ours_shot", "erm", g)]
-        assert (float(zero["mean"]), float(zero["lo"]), float(zero["hi"]), zero["above"], zero["n"]) == (0, 0, 0, "0", "4")
-        d = [100 * (1 - m[g]) for m in _erm_maps(pooled=False)]  # focal has AP 1 everywhere
-        half = stats.t.ppf(0.975, 3) * np.std(d, ddof=1) / 2
+        assert (float(zero["mean"]), float(zero["lo"]), float(zero["hi"]), zero["above"], zero["n"]) == (0, 0, 0, "0", "2")
+        d = [100 * (1 - m[g]) for m in _erm_maps(pooled=False)]  # focal has AP 1 everywhere; cells fold-major
+        folds = [(d[0] + d[1]) / 2, (d[2] + d[3]) / 2]              # the seeds of a fold averaged first
+        half = stats.t.ppf(0.975, 1) * np.std(folds, ddof=1) / math.sqrt(2)
         r = got[("focal", "erm", g)]
-        assert float(r["mean"]) == pytest.approx(np.mean(d), abs=1e-4)
-        assert float(r["lo"]) == pytest.approx(np.mean(d) - half, abs=1e-4)
-        assert float(r["hi"]) == pytest.approx(np.mean(d) + half, abs=1e-4)
-        assert int(r["above"]) == sum(x > 0 for x in d) and r["n"] == "4"
+        assert (r["unit"], r["df"], r["n"]) == ("fold", "1", "2")
+        assert float(r["mean"]) == pytest.approx(np.mean(folds), abs=1e-4)
+        assert float(r["lo"]) == pytest.approx(np.mean(folds) - half, abs=1e-4)
+        assert float(r["hi"]) == pytest.approx(np.mean(folds) + half, abs=1e-4)
+        assert int(r["above"]) == sum(x > 0 for x in folds)
+        c = cells[("focal", "erm", g)]  # the secondary per-cell view: df 3
+        cell_half = stats.t.ppf(0.975, 3) * np.std(d, ddof=1) / 2
+        assert float(c["hi"]) - float(c["lo"]) == pytest.approx(2 * cell_half, abs=1e-4) and c["n"] == "4"
         assert float(got[("ours_focal", "focal", g)]["mean"]) == 0.0
+    # the primary comparison (ours_shot vs erm, the only rule row here): Bonferroni over 1 = the 95 % interval;
+    # focal is not primary
+    assert got[("ours_shot", "erm", "total")]["primary"] == "True" and got[("focal", "erm", "total")]["primary"] == "False"
+    assert float(got[("ours_shot", "erm", "total")]["bonferroni_level"]) == pytest.approx(0.95)
+    assert "fold as unit" in text and "df = folds - 1" in text and "1a. Primary tests" in text
+
+
+def test_bonferroni_over_the_configured_primary_comparisons_and_quoted_widths(tmp_path):
+    out = make_sweep(tmp_path / "sw")
+    prim = [("focal", "erm"), ("ours_shot", "erm")]
+    text = write_evidence(out, [0, 1], [0, 1], ROWS, primary=prim, n_boot=5, figures=False)
+    got = {(r["row"], r["group"]): r for r in _csv(out / "evidence" / "paired.csv") if r["reference"] == "erm"}
+    r = got[("focal", "total")]
+    assert float(r["bonferroni_level"]) == pytest.approx(0.975)  # 1 - 0.05 / 2 comparisons
+    half = (float(r["bonferroni_hi"]) - float(r["bonferroni_lo"])) / 2
+    assert half == pytest.approx(stats.t.ppf(1 - 0.025 / 2, 1) * float(r["sd"]) / math.sqrt(2), rel=1e-6)
+    assert got[("ours_focal", "total")]["bonferroni_level"] == "nan"  # not a primary comparison
+    # every interval quoted in the report is the computed one, to 2 decimals
+    assert f"[{float(r['lo']):.2f}, {float(r['hi']):.2f}]" in text
+    assert f"[{float(r['bonferroni_lo']):.2f}, {float(r['bonferroni_hi']):.2f}]" in text
+
+
+def test_a_single_fold_falls_back_to_cells_with_a_note(tmp_path):
+    out = make_sweep(tmp_path / "sw")
+    text = write_evidence(out, [0], [0, 1], ROWS, n_boot=5, figures=False)
+    r = {(x["row"], x["group"]): x for x in _csv(out / "evidence" / "paired.csv")}[("focal", "total")]
+    assert (r["unit"], r["n"], r["df"]) == ("cell", "2", "1")
+    assert "one fold only" in text and "ONE fold only" in text
 
 
 def test_pooled_map_is_the_ap_of_the_concatenation(sweep):
@@ -277,7 +342,10 @@ def test_a_missing_run_is_reported_not_crashed(tmp_path):
     assert "fold1/seed1/focal/result.json" in text and "fold0/seed0/teachers_shot/subset2/predictions.npz" in text
     assert "pooled: focal seed 1 skipped" in text
     paired = {(r["row"], r["reference"], r["group"]): r for r in _csv(out / "evidence" / "paired.csv")}
-    assert paired[("focal", "erm", "total")]["n"] == "3" and paired[("ours_focal", "focal", "total")]["n"] == "3"
+    # fold 1 of focal has one seed left: its fold mean is that seed's difference; still 2 folds
+    assert paired[("focal", "erm", "total")]["n"] == "2" and paired[("ours_focal", "focal", "total")]["n"] == "2"
+    cells = {(r["row"], r["reference"], r["group"]): r for r in _csv(out / "evidence" / "paired_cells.csv")}
+    assert cells[("focal", "erm", "total")]["n"] == "3"
     pooled = [r for r in _csv(out / "evidence" / "pooled.csv") if r["kind"] == "pair" and r["row"] == "focal"]
     assert {r["seed"] for r in pooled} == {"0", "mean"}
     teach = {int(r["class"]): r for r in _csv(out / "evidence" / "teachers.csv") if r["class"] != ""}
