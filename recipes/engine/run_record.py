@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from recipes.engine.checkpoints import json_default
+from rskd_loss.errors import RSKDError
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["RECORD_VERSION", "RECORD_JSON", "RECORD_NPZ", "RecordError", "code_version", "machine_info",
@@ -45,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout the recipes run 
 PARTS = ("test", "val")
 
 
-class RecordError(ValueError):
+class RecordError(RSKDError, ValueError):
     """A record file is not what :func:`write_record` writes (the message names the file)."""
 
 

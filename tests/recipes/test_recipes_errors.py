@@ -19,6 +19,7 @@ BUILTIN_BASE = {
     "recipes.data.csv_dataset:BadImageError": OSError,
     "recipes.data.splits:SplitsMismatchError": ValueError,
     "recipes.engine.run_lock:RunLockedError": RuntimeError,
+    "recipes.engine.run_record:RecordError": ValueError,
     "recipes.models.base:ModelError": ValueError,
     "recipes.table3.rows:SweepError": RuntimeError,
 }
