@@ -195,6 +195,9 @@ def test_cli(tmp_path, capsys):
     assert "24 images, 4 classes" in out and "hemorrhage" in out
     with Image.open(tmp_path / "cli" / "images" / "syn_00000.png") as im:
         assert im.size == (32, 32) and im.mode == "RGB"
+    assert main(["--out", str(tmp_path / "cli2"), "--num-images", "24", "--num-classes", "4",
+                 "--imbalance-ratio", "1", "--image-size", "32", "--workers", "1", "--generator-version", "2"]) == 0
+    assert json.loads((tmp_path / "cli2" / "meta.json").read_text("utf-8"))["version"] == "2"
 
 
 # -- version 2 ---------------------------------------------------------------------------------
