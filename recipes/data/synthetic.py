@@ -86,7 +86,7 @@ labels-per-image; what changes:
   cluster strays at most :data:`V2_CLUSTER_SPREAD` field radii from its site;
 * the regional classes sharing those motifs are drawn within :data:`V2_DISC_BAND` (1.05-1.45 disc
   radii) / :data:`V2_VESSEL_BAND` (0.03 field radii of a vessel point), and with an appearance of
-  their own: disc haemorrhage as 2-3 splinter blots along the disc margin, disc drusen as an arc of
+  their own: disc haemorrhage as 3-4 bright-red splinter blots along the disc margin, disc drusen as an arc of
   4-6 large bright yellow-white beads round the disc, bone spicules as 3-5 near-black streaks along a
   vessel, macroaneurysm as a red sac with a thick dark rim on a vessel, macular pigment clump as 2-3
   large near-black blots; at 64 px their radii / half-lengths are 1.0-2.6 px (a spicule's
@@ -843,13 +843,15 @@ def _blend_ellipse(img: np.ndarray, cy: float, cx: float, a: float, b: float, an
 
 
 def _draw_disc_hemorrhage_v2(img: np.ndarray, s: _LesionSites) -> None:
-    """Version 2 disc haemorrhage: 2-3 splinter blots lying along the disc margin (round dots
-    elsewhere). Along, not across: radial streaks looked like the vessels leaving the disc."""
+    """Version 2 disc haemorrhage: 3-4 bright-red splinter blots lying along the disc margin (round
+    dark-red dots elsewhere). Along, not across: radial streaks looked like the vessels leaving the
+    disc; bright red and 2.6-3 px long: darker, smaller ones stayed near 80 validation AP when
+    balanced, beside the dark-red vessels and cup ring of the 7 px disc."""
     rng, R, disc = s.rng, s.g.R, s.g.disc
-    for _ in range(int(rng.integers(2, 4))):
+    for _ in range(int(rng.integers(3, 5))):
         x0, y0 = s.disc_margin_point()
-        _blend_ellipse(img, y0, x0, R * rng.uniform(0.07, 0.085), R * rng.uniform(0.035, 0.045),
-                       math.atan2(y0 - disc[1], x0 - disc[0]) + np.pi / 2, (0.45, 0.02, 0.02), 0.95)
+        _blend_ellipse(img, y0, x0, R * rng.uniform(0.09, 0.1), R * rng.uniform(0.045, 0.05),
+                       math.atan2(y0 - disc[1], x0 - disc[0]) + np.pi / 2, (0.70, 0.04, 0.03), 0.95)
 
 
 def _draw_macular_pigment_v2(img: np.ndarray, s: _LesionSites) -> None:
