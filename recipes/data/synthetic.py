@@ -100,8 +100,8 @@ labels-per-image; what changes:
   draw of the learnability control.
 
 Measured the same way on the balanced draw (ratio 1, 6,000 images, 319-320 training positives a
-class): validation AP 80-98 for every class (disc drusen 80, perivascular haemorrhage and disc
-haemorrhage 83, bone spicules 85, macroaneurysm 86), test AP 83-100. 64 px is kept (not 96): that
+class, two training seeds): validation AP 82-99 for every class (disc cupping 82-89, macroaneurysm
+83-84, bone spicules 86-88, disc drusen 90-92, disc haemorrhage 97-99), test AP 77-100. 64 px is kept (not 96): that
 control learns every class there, and 96 px would cost ~2.2x the pixels in every run of the sweep. At 12,000 images and
 ratio 150 the counts are 4454 ... 30 (ratio 148.5), with 9039 / 2392 / 490 / 79 images holding
 1 / 2 / 3 / 4 labels; the rarest class has 30 images in all.
