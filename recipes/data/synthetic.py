@@ -895,7 +895,9 @@ def _draw_macroaneurysm_v2(img: np.ndarray, s: _LesionSites) -> None:
                 ring=0.04 * R)
 
 
-#: version 2: classes with an appearance of their own, by (motif, region); the rest as version 1
+#: version 2: classes with an appearance of their own, by (motif, region); the rest as version 1.
+#: Version 2 is fixed now that results quote it: a change to what it draws is a version 3 (meta.json
+#: records the version, not the code, so a folder generated before the change would be reused)
 _V2_DRAWERS = {
     ("red_dots", "optic_disc"): _draw_disc_hemorrhage_v2,
     ("yellow_spots", "optic_disc"): _draw_disc_drusen_v2,
