@@ -38,7 +38,9 @@ DEFAULTS: dict[str, Any] = {
         "image_dir": "images",
         "image_suffix": "",
         "image_column": None,      # the CSV column of image file names (None: the first column)
-        "synthetic": {"seed": 0, "num_images": None, "image_size": None, "num_classes": None},
+        # generator options (recipes/data/synthetic.py generate_synthetic); None: its default
+        "synthetic": {"seed": 0, "num_images": None, "image_size": None, "num_classes": None,
+                      "imbalance_ratio": None, "version": None},
         "rfmid_variant": "auto",
         "scheme": "kfold",         # kfold (the paper's 4-fold cross-validation) | holdout (7:1:2)
         "n_folds": 4,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recipes.data import synthetic as synthetic_module
 from recipes.data.csv_dataset import MultiLabelCSVDataset
 from recipes.data.synthetic import (
     CATALOGUE,
@@ -17,6 +18,7 @@ from recipes.data.synthetic import (
     MOTIFS,
     REGIONS,
     generate_synthetic,
+    generation_differences,
     main,
     render_fundus,
     synthetic_labels,
@@ -167,6 +169,8 @@ def test_reuse_regenerate_and_refuse(tmp_path):
     (dict(normal_fraction=1.5), ValueError, "normal_fraction must be in"),
     (dict(cooccurrence=-1.0), ValueError, "cooccurrence must be in"),
     (dict(seed=-1), ValueError, "seed must be >= 0"),
+    (dict(version=3), ValueError, "version must be one of 1, 2, got 3"),
+    (dict(version=2.0), TypeError, "version must be an int"),
     (dict(num_images=30, num_classes=16, imbalance_ratio=150.0), ValueError, "too small"),
 ])
 def test_bad_arguments(kwargs, exc, match):
@@ -191,3 +195,132 @@ def test_cli(tmp_path, capsys):
     assert "24 images, 4 classes" in out and "hemorrhage" in out
     with Image.open(tmp_path / "cli" / "images" / "syn_00000.png") as im:
         assert im.size == (32, 32) and im.mode == "RGB"
+    assert main(["--out", str(tmp_path / "cli2"), "--num-images", "24", "--num-classes", "4",
+                 "--imbalance-ratio", "1", "--image-size", "32", "--workers", "1", "--generator-version", "2"]) == 0
+    assert json.loads((tmp_path / "cli2" / "meta.json").read_text("utf-8"))["version"] == "2"
+
+
+# -- version 2 ---------------------------------------------------------------------------------
+#: the content of a small version-1 generation (labels.csv, meta.json, prior.json and the decoded
+#: pixels of every image), taken before version 2 was added: version 1 must stay as it was
+V1_SMALL = dict(num_images=48, num_classes=6, imbalance_ratio=8.0, image_size=32, workers=1, seed=0)
+V1_SMALL_SHA256 = "0191488e725e9f3492cf37067670d5ac82befd91c538d283ceb301b912592deb"
+
+
+def _content_sha256(folder: Path) -> str:
+    """One digest of every file's name and content, PNGs by their pixels (not the zlib stream)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(p.relative_to(folder).as_posix().encode())
+        if p.suffix == ".png":
+            with Image.open(p) as im:
+                h.update(np.asarray(im).tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_version_1_is_unchanged(tmp_path):
+    assert _content_sha256(generate_synthetic(tmp_path / "v1", **V1_SMALL).out_dir) == V1_SMALL_SHA256
+    explicit = generate_synthetic(tmp_path / "v1b", **V1_SMALL, version=1)
+    assert _content_sha256(explicit.out_dir) == V1_SMALL_SHA256
+
+
+def test_version_2_is_deterministic_and_recorded(tmp_path):
+    a = generate_synthetic(tmp_path / "a", **V1_SMALL, version=2)
+    b = generate_synthetic(tmp_path / "b", **{**V1_SMALL, "workers": 2}, version=2)
+    one = generate_synthetic(tmp_path / "one", **V1_SMALL)
+    da, db, d1 = _digests(a.out_dir), _digests(b.out_dir), _digests(one.out_dir)
+    assert da == db
+    meta = json.loads(a.meta_path.read_text("utf-8"))
+    assert meta["version"] == "2" and json.loads(one.meta_path.read_text("utf-8"))["version"] == "1"
+    assert "generator version 2" in json.loads(a.prior_path.read_text("utf-8"))["sources"][0]
+    assert any(da[k] != d1[k] for k in da if k.startswith("images/"))
+    # a version-2 folder is reused for version 2 only; the recipes compare meta.json's "1"/"2" with ints
+    assert generate_synthetic(tmp_path / "a", **V1_SMALL, version=2).reused
+    assert generation_differences(meta, {"version": 2}) == []
+    assert generation_differences(meta, {"version": None}) == [("version", "2", "1")]
+
+
+def test_version_2_labels_as_documented():
+    y = synthetic_labels(12000, 16, imbalance_ratio=150.0, version=2)
+    counts = y.sum(axis=0)
+    np.testing.assert_array_equal(counts, target_class_counts(12000, 16, imbalance_ratio=150.0))
+    assert counts.min() == 30 and counts[0] / counts[-1] >= 100  # module doc: 4454 ... 30
+    k = y.sum(axis=1)
+    want = np.array(LESION10_LABELS_PER_IMAGE) / sum(LESION10_LABELS_PER_IMAGE) * 12000
+    got = np.array([(k == 1).sum(), (k == 2).sum(), (k == 3).sum(), (k >= 4).sum()])
+    assert k.min() == 1 and np.abs(got - want).max() <= 1
+    tail = np.flatnonzero(counts < 100)
+    with_company = sum(int((y[y[:, c] == 1].sum(axis=1) > 1).sum()) for c in tail)
+    assert with_company / counts[tail].sum() > 0.3  # head classes still accompany the tail
+    np.testing.assert_array_equal(synthetic_labels(12000, 16, imbalance_ratio=150.0, version=2), y)
+
+
+@pytest.mark.parametrize("num_images, ratio", [(4000, 2.0), (12000, 1.0), (6000, 1.0)])
+def test_version_2_draws_low_ratios_version_1_refuses_some(num_images, ratio):
+    y = synthetic_labels(num_images, 16, imbalance_ratio=ratio, version=2)
+    np.testing.assert_array_equal(y.sum(axis=0), target_class_counts(num_images, 16, imbalance_ratio=ratio))
+    if ratio == 1.0 and num_images == 6000:  # the balanced draw of the learnability control
+        assert y.sum(axis=0).min() >= 300
+    else:  # version 1's companion draw leaves a slot only the class itself could fill
+        with pytest.raises(ValueError, match="cannot give class 15 all its companion labels"):
+            synthetic_labels(num_images, 16, imbalance_ratio=ratio)
+
+
+def _lesion_pixels(cls: int, seed: int, version: int = 2) -> np.ndarray:
+    """(64, 64) bool: the pixels that class ``cls`` alone changes in image ``seed`` (lesions are drawn
+    last, so the same rng state gives the same fundus without them)."""
+    none = np.zeros(DEFAULT_NUM_CLASSES, dtype=np.uint8)
+    one = none.copy()
+    one[cls] = 1
+    a = render_fundus(none, np.random.default_rng(seed), version=version).astype(int)
+    b = render_fundus(one, np.random.default_rng(seed), version=version).astype(int)
+    return np.abs(a - b).max(axis=-1) > 8
+
+
+def test_version_2_sites_keep_the_documented_margins():
+    """The site functions: global sites keep V2_GLOBAL_* from disc and vessels, the regional tail
+    sites of the same motifs lie within V2_DISC_BAND / V2_VESSEL_BAND."""
+    s2 = synthetic_module
+    for seed in range(30):
+        rng = np.random.default_rng([seed, 7])
+        g = s2._fundus_geometry(rng, 64)
+        tree = s2._vessel_tree(rng, g.disc, g.side, g.R, (g.cx, g.cy))
+        segments = s2._tree_segments(tree)
+        sites = s2._LesionSites(rng, g, s2._vessel_runs(tree, g), version=2, segments=segments)
+        glob = np.array([sites.global_point() for _ in range(20)])
+        disc_tail = np.array([sites.disc_margin_point() for _ in range(20)])
+        vessel_pts = sites.vessel_pts[rng.integers(len(sites.vessel_pts), size=20)]
+        vessel_tail = np.array([sites.on_vessel(*p) for p in vessel_pts])
+        pair = np.sqrt(((glob[:, None] - disc_tail[None]) ** 2).sum(-1))
+        assert pair.min() >= (s2.V2_GLOBAL_DISC_CLEARANCE - s2.V2_DISC_BAND[1]) * g.rd - 1e-9
+        assert s2._segment_distance(glob, segments).min() >= s2.V2_GLOBAL_VESSEL_CLEARANCE * g.R - 1e-9
+        assert np.hypot(*(vessel_tail - vessel_pts).T).max() <= s2.V2_VESSEL_BAND * g.R + 1e-9
+        pair = np.sqrt(((glob[:, None] - vessel_tail[None]) ** 2).sum(-1))
+        assert pair.min() >= (s2.V2_GLOBAL_VESSEL_CLEARANCE - s2.V2_VESSEL_BAND) * g.R - 1e-9
+
+
+def test_version_2_drawn_lesions_are_apart_at_64_px():
+    """The drawn pixels, at 64 px: the global red dots / yellow spots stay >= 3.5 disc radii from the
+    disc centre, disc haemorrhage and disc drusen within 2.4; global pigment stays >= 0.12 field radii
+    from every vessel centreline, each bone spicule and macroaneurysm touches one. (Version 1 drew them
+    ~1 px apart: the ambiguity version 2 removes.)"""
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    names = [c.name for c in CATALOGUE]
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        g = synthetic_module._fundus_geometry(rng, 64)
+        synthetic_module._background(rng, 64, g)
+        tree = synthetic_module._vessel_tree(rng, g.disc, g.side, g.R, (g.cx, g.cy))
+        to_disc = np.hypot(xx - g.disc[0], yy - g.disc[1]) / g.rd
+        to_vessel = synthetic_module._segment_distance(pixels, synthetic_module._tree_segments(tree))
+        to_vessel = to_vessel.reshape(64, 64) / g.R
+        for name in ("hemorrhage", "hard_exudate"):
+            assert to_disc[_lesion_pixels(names.index(name), seed)].min() >= 3.5
+        for name in ("disc_hemorrhage", "disc_drusen"):
+            assert to_disc[_lesion_pixels(names.index(name), seed)].max() <= 2.4
+        assert to_vessel[_lesion_pixels(names.index("pigmentation"), seed)].min() >= 0.12
+        for name in ("bone_spicules", "macroaneurysm"):
+            assert to_vessel[_lesion_pixels(names.index(name), seed)].min() <= 0.02
