@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_setup import write_tiny_profile
 from torch.utils.data import DataLoader
 
 from recipes.config import load_config
@@ -25,15 +26,7 @@ pytestmark = pytest.mark.slow  # seven training runs (26 s on 2 shared CPU cores
 
 
 def test_a_cross_fitted_student_distils_out_of_fold_logits(tmp_path: Path) -> None:
-    profile = tmp_path / "tiny.py"
-    profile.write_text(
-        "data = dict(root=%r, synthetic=dict(seed=0, num_images=240, image_size=32, num_classes=8),\n"
-        "            scheme='holdout', image_size=32, batch_size=16, eval_batch_size=64, num_workers=0,\n"
-        "            preload=True)\n"
-        "model = dict(name='small_cnn', pretrained=False, width=4)\n"
-        "schedule = dict(epochs=1)\n"
-        "run = dict(device='cpu', max_steps_per_epoch=2)\n"
-        "method = dict(partition=dict(mode='quantile', prior='synthetic'))\n" % str(tmp_path / "data"))
+    profile = write_tiny_profile(tmp_path)
     out = tmp_path / "sw"
     jobs = build_jobs(["ours_shot_xf"], [0], [0], out, str(profile), sets=["method.crossfit_k=2"])
     assert len(jobs) == 2 * 3 + 1

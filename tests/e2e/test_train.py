@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_setup import write_tiny_profile
 
 from recipes.config import ConfigError, load_config
 from recipes.train import main
@@ -23,16 +24,7 @@ pytestmark = pytest.mark.slow  # whole runs in subprocesses: make test-lib and -
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    profile = tmp / "tiny.py"
-    profile.write_text(
-        "data = dict(root=%r, synthetic=dict(seed=0, num_images=240, image_size=32, num_classes=8),\n"
-        "            scheme='holdout', image_size=32, batch_size=16, eval_batch_size=64, num_workers=0,\n"
-        "            preload=True)\n"
-        "model = dict(name='small_cnn', pretrained=False, width=4)\n"
-        "schedule = dict(epochs=1)\n"
-        "run = dict(device='cpu', max_steps_per_epoch=2)\n"
-        "method = dict(partition=dict(mode='quantile', prior='synthetic'))\n" % str(tmp / "data")
-    )
+    write_tiny_profile(tmp)
     configs = {
         "erm": "method = dict(name='erm', stage='baseline', criterion=dict(name='bce'))",
         "rs": "method = dict(name='rs', stage='baseline', criterion=dict(name='focal'), sampler='class_aware')",
