@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_helpers import value_and_grad
 
 from rskd_loss.baselines.asl import AsymmetricLoss, asymmetric_loss
 from rskd_loss.baselines.registry import build_criterion
@@ -20,15 +21,6 @@ def _batch(n: int = 6, c: int = 5, seed: int = 0, scale: float = 3.0, dtype: tor
     targets = (torch.rand(n, c, generator=g) < 0.4).to(dtype)
     targets[0] = 0  # an image without positives
     return logits, targets
-
-
-def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
-    """fn's value and d(<cotangent, fn>)/d logits, on a fresh leaf copy of ``logits``."""
-    x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args, **kwargs)
-    cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (grad,) = torch.autograd.grad(out, x, cot if out.dim() else None)
-    return out.detach(), grad
 
 
 def _official_reference(z, y, gamma_neg, gamma_pos, clip, eps, detach):
@@ -54,8 +46,8 @@ def _official_reference(z, y, gamma_neg, gamma_pos, clip, eps, detach):
 def test_no_focusing_no_shift_equals_bce(reduction: str, clip: float | None) -> None:
     logits, targets = _batch(seed=1)  # |z| < 15: every probability far above eps, the clamp inactive
     kw = dict(gamma_neg=0.0, gamma_pos=0.0, clip=clip, reduction=reduction)
-    v1, g1 = _value_and_grad(asymmetric_loss, logits, targets, **kw)
-    v2, g2 = _value_and_grad(F.binary_cross_entropy_with_logits, logits, targets, reduction=reduction)
+    v1, g1 = value_and_grad(asymmetric_loss, logits, targets, **kw)
+    v2, g2 = value_and_grad(F.binary_cross_entropy_with_logits, logits, targets, reduction=reduction)
     torch.testing.assert_close(v1, v2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
     # the defaults (focusing and shift on) are not BCE
@@ -72,21 +64,21 @@ def test_equals_official_formula_in_float64(gamma_neg, gamma_pos, clip, detach: 
     assert torch.sigmoid(-logits.abs()).min() > 1e-6  # eps = 1e-8 never clamps
     for reduction in REDUCTIONS:
         kw = dict(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=1e-8, detach_focusing=detach)
-        v1, g1 = _value_and_grad(asymmetric_loss, logits, targets, reduction=reduction, **kw)
+        v1, g1 = value_and_grad(asymmetric_loss, logits, targets, reduction=reduction, **kw)
 
         def ref(z, y, reduction=reduction):
             loss = _official_reference(z, y, gamma_neg, gamma_pos, clip, 1e-8, detach)
             return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
 
-        v2, g2 = _value_and_grad(ref, logits, targets)
+        v2, g2 = value_and_grad(ref, logits, targets)
         torch.testing.assert_close(v1, v2, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
 
 
 def test_detach_changes_the_gradient_not_the_value() -> None:
     logits, targets = _batch(seed=3)
-    v1, g1 = _value_and_grad(asymmetric_loss, logits, targets, detach_focusing=False)
-    v2, g2 = _value_and_grad(asymmetric_loss, logits, targets, detach_focusing=True)
+    v1, g1 = value_and_grad(asymmetric_loss, logits, targets, detach_focusing=False)
+    v2, g2 = value_and_grad(asymmetric_loss, logits, targets, detach_focusing=True)
     torch.testing.assert_close(v1, v2, rtol=0, atol=0)
     assert (g1 - g2).abs().max() > 1e-3
 
@@ -96,8 +88,8 @@ def test_module_equals_function_and_inputs_untouched(reduction: str) -> None:
     logits, targets = _batch(seed=4)
     kw = dict(gamma_neg=3.0, gamma_pos=0.5, clip=0.1, eps=1e-6, detach_focusing=True)
     z0, y0 = logits.clone(), targets.clone()
-    v1, g1 = _value_and_grad(AsymmetricLoss(reduction=reduction, **kw), logits, targets)
-    v2, g2 = _value_and_grad(asymmetric_loss, logits, targets, reduction=reduction, **kw)
+    v1, g1 = value_and_grad(AsymmetricLoss(reduction=reduction, **kw), logits, targets)
+    v2, g2 = value_and_grad(asymmetric_loss, logits, targets, reduction=reduction, **kw)
     torch.testing.assert_close(v1, v2, rtol=0, atol=0)
     torch.testing.assert_close(g1, g2, rtol=0, atol=0)
     assert torch.equal(logits, z0) and torch.equal(targets, y0)
@@ -182,8 +174,8 @@ def test_gradcheck_detached_weights(gamma_neg, gamma_pos, clip) -> None:
 
     z = z0.clone().requires_grad_()
     assert torch.autograd.gradcheck(frozen, (z,), eps=1e-6, atol=1e-8, rtol=1e-6)
-    _, g_det = _value_and_grad(asymmetric_loss, z0, targets, detach_focusing=True, **kw)
-    _, g_frozen = _value_and_grad(frozen, z0)
+    _, g_det = value_and_grad(asymmetric_loss, z0, targets, detach_focusing=True, **kw)
+    _, g_frozen = value_and_grad(frozen, z0)
     torch.testing.assert_close(g_det, g_frozen, rtol=1e-10, atol=1e-12)
 
     def detached(x):
@@ -242,8 +234,8 @@ def test_gamma_below_one_official_pow_has_nan_gradient_here_finite() -> None:
     # Negatives with p < m: 1 - pt = 0 and d/dx x^0.5 at 0 is inf; the official pow gives NaN there.
     z = torch.tensor([[-4.0, 2.0]], dtype=torch.float64)
     y = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
-    _, g_ref = _value_and_grad(lambda x: _official_reference(x, y, 0.5, 1.0, 0.05, 1e-8, False).sum(), z)
-    _, g = _value_and_grad(asymmetric_loss, z, y, gamma_neg=0.5, clip=0.05, reduction="sum")
+    _, g_ref = value_and_grad(lambda x: _official_reference(x, y, 0.5, 1.0, 0.05, 1e-8, False).sum(), z)
+    _, g = value_and_grad(asymmetric_loss, z, y, gamma_neg=0.5, clip=0.05, reduction="sum")
     assert torch.isnan(g_ref[0, 0]) and torch.isfinite(g).all()
     assert g[0, 0] == 0  # p < m: no weight and log(1) = 0
     torch.testing.assert_close(g[0, 1], g_ref[0, 1], rtol=1e-12, atol=0)
@@ -345,8 +337,8 @@ def test_rskd_wrapper_with_zero_kd_weights_equals_asl(reduction: str) -> None:
     base = AsymmetricLoss(reduction=reduction)
     crit = WeightedSubsetKDLoss(base, num_classes=c)
     crit.set_weights(torch.zeros(c))
-    v1, g1 = _value_and_grad(crit, logits, targets, teacher)
-    v2, g2 = _value_and_grad(base, logits, targets)
+    v1, g1 = value_and_grad(crit, logits, targets, teacher)
+    v2, g2 = value_and_grad(base, logits, targets)
     torch.testing.assert_close(v1, v2, rtol=0, atol=0)
     torch.testing.assert_close(g1, g2, rtol=0, atol=0)
     crit.set_weights(torch.ones(c))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loss_helpers import value_and_grad
 
 from rskd_loss.baselines.registry import available_criteria, build_criterion
 from rskd_loss.kd import WeightedSubsetKDLoss
@@ -27,14 +28,6 @@ def _batch(seed: int):
     return logits, targets, teacher
 
 
-def _value_and_grad(fn, logits: torch.Tensor, *args, **kwargs):
-    x = logits.detach().clone().requires_grad_()
-    out = fn(x, *args, **kwargs)
-    cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (grad,) = torch.autograd.grad(out, x, cot if out.dim() else None)
-    return out.detach(), grad
-
-
 def test_registry_names_covered() -> None:
     assert set(NAMES) == {"bce", "erm", "rw", "focal", "ldam", "db", "asl"}
 
@@ -47,8 +40,8 @@ def test_zero_kd_weights_equal_base(name: str, reduction: str) -> None:
     base = build_criterion(name, class_counts=COUNTS, num_images=N_IMG, reduction=reduction, **extra).double()
     crit = WeightedSubsetKDLoss(base, num_classes=C)
     crit.set_weights(torch.zeros(C))
-    v_wrap, g_wrap = _value_and_grad(crit, logits, targets, teacher)
-    v_base, g_base = _value_and_grad(base, logits, targets)
+    v_wrap, g_wrap = value_and_grad(crit, logits, targets, teacher)
+    v_base, g_base = value_and_grad(base, logits, targets)
     assert v_wrap.shape == v_base.shape
     torch.testing.assert_close(v_wrap, v_base, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_wrap, g_base, rtol=1e-12, atol=1e-12)
@@ -74,8 +67,8 @@ def test_zero_kd_weights_equal_oltr_with_features_passed_through(stage: int, red
         base.set_centroids(torch.randn(C, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
     crit = WeightedSubsetKDLoss(base, num_classes=C)
     crit.set_weights(torch.zeros(C))
-    v_wrap, g_wrap = _value_and_grad(crit, logits, targets, teacher, features=features)
-    v_base, g_base = _value_and_grad(base, logits, targets, features=features)
+    v_wrap, g_wrap = value_and_grad(crit, logits, targets, teacher, features=features)
+    v_base, g_base = value_and_grad(base, logits, targets, features=features)
     torch.testing.assert_close(v_wrap, v_base, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_wrap, g_base, rtol=1e-12, atol=1e-12)
     crit.set_weights(torch.ones(C))
