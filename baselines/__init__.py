@@ -11,7 +11,7 @@ from .db_loss import DB_PRESETS, DBLoss, db_bias, db_loss
 from .focal import FocalLoss, sigmoid_focal_loss
 from .ldam import LDAMLoss, NormedLinear, ldam_loss, ldam_margins
 from .oltr import OLTRHead, OLTRLoss, OLTROutput, oltr_loss
-from .registry import available_criteria, build_criterion
+from .registry import COUNT_CRITERIA, available_criteria, build_criterion
 from .resample import OLTR_NUM_SAMPLES_CLS, ClassAwareSampler, DistributedClassAwareSampler
 from .reweight import REWEIGHT_MODES, ReweightedBCE, class_weights, reweighted_bce_loss
 
@@ -24,5 +24,5 @@ __all__ = [
     "db_bias", "db_loss", "DBLoss", "DB_PRESETS",
     "ClassAwareSampler", "DistributedClassAwareSampler",
     "OLTRHead", "OLTRLoss", "OLTROutput", "oltr_loss", "OLTR_NUM_SAMPLES_CLS",
-    "build_criterion", "available_criteria",
+    "build_criterion", "available_criteria", "COUNT_CRITERIA",
 ]

@@ -34,10 +34,12 @@ from .focal import FocalLoss
 from .ldam import LDAMLoss
 from .reweight import ReweightedBCE
 
-__all__ = ["available_criteria", "build_criterion"]
+__all__ = ["available_criteria", "build_criterion", "COUNT_CRITERIA"]
 
 _ALIASES = {"erm": "bce"}
 _NAMES = ("bce", "erm", "rw", "focal", "ldam", "db", "oltr", "asl")
+#: the criteria whose formula divides by a class count (a count of 0 makes them undefined)
+COUNT_CRITERIA = ("rw", "ldam", "db")
 
 
 def available_criteria() -> tuple[str, ...]:

@@ -46,7 +46,7 @@ from recipes.engine.teacher_sources import (
 )
 from recipes.models.backbones import build_model
 from rskd_loss import WeightedSubsetKDLoss
-from rskd_loss.baselines import build_criterion
+from rskd_loss.baselines import COUNT_CRITERIA, build_criterion
 from rskd_loss.baselines.oltr import OLTR_CENTROID_SGD
 from rskd_loss.metrics import average_precision_per_class
 from rskd_loss.workflow import KDWeightUpdater
@@ -83,7 +83,7 @@ def counts_for_criterion(counts: np.ndarray, names: list[str], criterion: str) -
     warning that names it, instead of stopping the run.
     """
     zero = [names[i] for i in np.flatnonzero(counts == 0)]
-    if zero and criterion.lower() in ("rw", "ldam", "db"):  # the criteria that divide by a count
+    if zero and criterion.lower() in COUNT_CRITERIA:
         print(f"warning: {len(zero)} class(es) have no training positive, counted as 1 for the {criterion} "
               f"criterion: {zero[:10]}", file=sys.stderr)
     return np.maximum(counts, 1)
