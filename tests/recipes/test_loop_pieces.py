@@ -1,5 +1,5 @@
-"""recipes/data/augment.py, views.py, checkpoints.py: keyed random numbers, the on-device batch augmentation, the resumable sampler,
-stale temporary files."""
+"""recipes/data/augment.py, views.py, checkpoints.py, tasks.py: keyed random numbers, the on-device batch augmentation, the resumable sampler,
+stale temporary files, class counts of a count-based criterion."""
 from __future__ import annotations
 
 import numpy as np
@@ -130,3 +130,14 @@ def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"whole")
     assert remove_stale_temporaries(tmp_path) == [".last.pt.123.ab.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("criterion, warns", [("rw", True), ("LDAM", True), ("db", True), ("bce", False),
+                                              ("focal", False), ("asl", False)])
+def test_a_class_without_training_positives_counts_as_one(criterion, warns, capsys):
+    from recipes.engine.tasks import counts_for_criterion
+
+    counts = counts_for_criterion(np.array([5, 0, 2]), ["a", "b", "c"], criterion)
+    assert counts.tolist() == [5, 1, 2]
+    err = capsys.readouterr().err
+    assert ("no training positive" in err and "['b']" in err) == warns
