@@ -76,6 +76,13 @@ DEFAULTS: dict[str, Any] = {
         "plateau_factor": 0.1,
         "plateau_patience": 5,
         "min_lr": 1e-7,
+        # plateau (the paper's: the rate drops on the run's own validation loss) | cosine (a half cosine from
+        # lr at the first step to min_lr at the last, per step, the same for every method;
+        # recipes/engine/schedule.py); the plateau_* keys are unused with cosine
+        "kind": "plateau",
+        "select": "best",          # the tested epoch (and best.pt): best (validation total mAP) | last
+        "optimizer": "adam",       # adam (the paper's) | sgd
+        "momentum": 0.9,           # sgd only (Adam has none: another value with adam is refused)
     },
     "method": {
         "name": "erm",
@@ -337,7 +344,8 @@ def _validate_model(m: Mapping) -> None:
 
 
 def _validate_schedule(s: Mapping) -> None:
-    """The ``schedule`` section: epochs, learning rate, weight decay, plateau schedule."""
+    """The ``schedule`` section: epochs, learning rate, weight decay, plateau schedule, schedule kind, tested
+    epoch, optimiser and momentum (refused with Adam unless left at its default: it would be ignored)."""
     _check(_is_int(s["epochs"]) and s["epochs"] >= 1, "schedule.epochs", "a positive int", s["epochs"])
     _check(_is_num(s["lr"]) and s["lr"] > 0, "schedule.lr", "a number > 0", s["lr"])
     _check(_is_num(s["weight_decay"]) and s["weight_decay"] >= 0, "schedule.weight_decay", "a number >= 0",
@@ -348,6 +356,15 @@ def _validate_schedule(s: Mapping) -> None:
            "an int >= 0", s["plateau_patience"])
     _check(_is_num(s["min_lr"]) and 0 <= s["min_lr"] <= s["lr"], "schedule.min_lr", "a number in [0, lr]",
            s["min_lr"])
+    _check(s["kind"] in ("plateau", "cosine"), "schedule.kind", "plateau or cosine", s["kind"])
+    _check(s["select"] in ("best", "last"), "schedule.select", "best or last", s["select"])
+    _check(s["optimizer"] in ("adam", "sgd"), "schedule.optimizer", "adam or sgd", s["optimizer"])
+    _check(_is_num(s["momentum"]) and 0 <= s["momentum"] < 1, "schedule.momentum", "a number in [0, 1)",
+           s["momentum"])
+    default_momentum = DEFAULTS["schedule"]["momentum"]
+    _check(s["optimizer"] == "sgd" or s["momentum"] == default_momentum, "schedule.momentum",
+           f"its default {default_momentum} with schedule.optimizer='adam' (Adam has no momentum; set "
+           f"schedule.optimizer='sgd')", s["momentum"])
 
 
 def _validate_method(meth: Mapping, cfg: Mapping) -> None:

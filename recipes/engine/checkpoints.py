@@ -102,14 +102,22 @@ def config_differences(saved: Mapping, current: Mapping, prefix: str = "") -> li
 
     A key the saved config lacks, whose value now is its default (a key added to ``recipes.config``
     after the checkpoint was written, e.g. ``method.crossfit_k``), is no difference: the run computes
-    what it computed before.
+    what it computed before. ``schedule.epochs`` is free only for the plateau schedule: a cosine spans
+    the run's epochs, so more of them would change the rates of the steps already taken.
     """
+    free = RESUME_FREE_KEYS
+    if not prefix and current.get("schedule", {}).get("kind") == "cosine":
+        free = tuple(k for k in RESUME_FREE_KEYS if k != "schedule.epochs")
+    return _differences(saved, current, prefix, free)
+
+
+def _differences(saved: Mapping, current: Mapping, prefix: str, free: tuple[str, ...]) -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
         where, a, b = f"{prefix}{key}", saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += config_differences(a, b, where + ".")
-        elif where not in RESUME_FREE_KEYS and a != b and not (key not in saved and _is_default(where, b)):
+            out += _differences(a, b, where + ".", free)
+        elif where not in free and a != b and not (key not in saved and _is_default(where, b)):
             out.append(f"{where} (saved {a!r}, now {b!r})")
     return out
 

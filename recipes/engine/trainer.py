@@ -4,7 +4,8 @@ check, checkpoints and exact resume, metrics logging and the final test of the b
 What differs between methods (model, criterion, data view, loss of a batch, epoch-end work) is a task
 (:mod:`recipes.engine.tasks`); the trainer only calls it. Outputs in the run folder: ``metrics.jsonl`` (one
 line per epoch), ``last.pt`` (every epoch, and every ``run.checkpoint_every`` steps), ``best.pt``
-(best validation mAP), and at the end ``result.json`` (test metrics of the best checkpoint) and
+(best validation mAP; the last epoch with ``schedule.select='last'``), and at the end ``result.json`` (test
+metrics of ``best.pt``) and
 ``predictions.npz`` (its per-image val / test logits), preceded by the run's small, committable record
 (``record.json`` + ``record.npz``, :mod:`recipes.engine.run_record`). Everything is written atomically;
 checkpoints load with ``weights_only=True``.
@@ -37,6 +38,7 @@ from recipes.engine.checkpoints import (
 from recipes.engine.predict import bce_value, predict
 from recipes.engine.run_log import TensorBoard, append_jsonl, progress, truncate_metrics
 from recipes.engine.run_record import record_arrays, write_record
+from recipes.engine.schedule import make_optimizer, make_schedule
 from recipes.engine.tasks import RunContext, Task
 from rskd_loss.fileio import atomic_write_bytes
 from rskd_loss.metrics import average_precision_per_class, group_map
@@ -124,14 +126,13 @@ class Trainer:
 
     def _make_optimizers(self) -> None:
         sched, device = self.sched, self.ctx.device
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=sched["lr"], weight_decay=sched["weight_decay"],
-                                    **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+        self.opt = make_optimizer(self.model.parameters(), sched, device)
         self.crit_params = [p for p in self.criterion.parameters() if p.requires_grad]
         self.crit_opt = self.task.criterion_optimizer(self.crit_params)
         self.optimizers = [self.opt] + ([self.crit_opt] if self.crit_opt is not None else [])
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=sched["plateau_factor"], patience=sched["plateau_patience"],
-            min_lr=sched["min_lr"])
+        # a cosine spans every step of the run: the epoch's steps as the loop takes them (its step cap)
+        steps_per_epoch = min(len(self.train_loader), self.run_cfg["max_steps_per_epoch"] or len(self.train_loader))
+        self.schedule = make_schedule(self.opt, sched, steps_per_epoch)
         self.train_model = self.model
         if self.ctx.world > 1:
             ids = [device.index] if device.type == "cuda" else None
@@ -145,7 +146,7 @@ class Trainer:
         device = self.ctx.device
         return {"version": CHECKPOINT_VERSION, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "centroid_optimizer": self.crit_opt.state_dict() if self.crit_opt is not None else {},
-                "scheduler": self.plateau.state_dict(), "criterion": self.criterion.state_dict(), "epoch": epoch,
+                "scheduler": self.schedule.state_dict(), "criterion": self.criterion.state_dict(), "epoch": epoch,
                 "step": step, "best_map": self.best_map, "loss_sum": loss_sum.detach().double().cpu(),
                 "config": self.plain_cfg, "class_names": self.class_names, "data_id": self.ctx.data["data_id"],
                 "rng_cpu": torch.get_rng_state(),
@@ -157,7 +158,7 @@ class Trainer:
         self.opt.load_state_dict(saved["optimizer"])
         if self.crit_opt is not None:
             self.crit_opt.load_state_dict(saved["centroid_optimizer"])
-        self.plateau.load_state_dict(saved["scheduler"])
+        self.schedule.load_state_dict(saved["scheduler"])
         self.criterion.load_state_dict(saved["criterion"])
         self.best_map = saved["best_map"]
         if saved.get("step", 0) > 0:  # written in the middle of an epoch
@@ -210,6 +211,7 @@ class Trainer:
                 x = self._augment(x, epoch, steps, len(idx))
                 loss = train_step(self.task, self.train_model, self.optimizers, x, y.to(ctx.device, non_blocking=True),
                                   idx, amp=ctx.amp, after_backward=sync)
+                self.schedule.after_step()
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
                 self.loss_sum += loss
                 steps += 1
@@ -252,10 +254,10 @@ class Trainer:
             train_loss = self.train_epoch(epoch)
             val = self.evaluate(self.val_loader)
             val_map = group_scores(val["ap"], self.class_counts, self.thresholds)
-            self.plateau.step(val["loss"])
+            self.schedule.after_epoch(val["loss"])
             extra = self.task.end_epoch(ctx, val["ap"])
             score = val_map["total"] if np.isfinite(val_map["total"]) else -np.inf  # NaN: no val positive
-            improved = score > self.best_map or not (out_dir / "best.pt").is_file()
+            improved = score > self.best_map or not (out_dir / "best.pt").is_file() or self.sched["select"] == "last"
             self.best_map = max(self.best_map, score)
             if ctx.main:
                 line = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_map": val_map,
@@ -275,7 +277,8 @@ class Trainer:
     def test(self, info: Mapping[str, Any], started: float, command: Sequence[str] | None = None) -> dict:
         """Test (and validation) metrics of ``best.pt``, written to ``result.json`` with ``info``, the
         task's own entries and the seconds since ``started``; per-image logits to ``predictions.npz``; the
-        run's record (with ``command``) before ``result.json``, so that every finished run has one."""
+        run's record (with ``command``) before ``result.json``, so that every finished run has one.
+        ``select`` says which rule chose the tested epoch (``schedule.select``)."""
         ctx, out_dir = self.ctx, self.ctx.out_dir
         best = load_checkpoint(out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
@@ -283,7 +286,8 @@ class Trainer:
         parts = {"test": self.evaluate(self.test_loader), "val": self.evaluate(self.val_loader)}
         result = {**info, "class_names": self.class_names, "classes": self.columns,
                   "train_class_counts": self.class_counts.tolist(), "thresholds": list(self.thresholds),
-                  "epochs": self.sched["epochs"], "best_epoch": best["epoch"], "world_size": ctx.world,
+                  "epochs": self.sched["epochs"], "best_epoch": best["epoch"], "select": self.sched["select"],
+                  "world_size": ctx.world,
                   "device": str(ctx.device), **self.task.result(), "seconds": time.time() - started}
         for part, res in parts.items():
             groups = group_scores(res["ap"], self.class_counts, self.thresholds)

@@ -8,6 +8,7 @@ N-th checkpoint to its temporary file, before the rename; ``recipes.engine.check
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -117,6 +118,29 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(env, uninter
     assert f"at epoch {state['epoch'] + (state['step'] == 0)} step {state['step']}" in resumed.stdout
     assert resumed.stdout.count("[erm] epoch ") == EPOCHS - KILL_EPOCH
     assert_same_run(uninterrupted, env / out)
+
+
+COSINE = ["schedule.kind='cosine'", "schedule.min_lr=1e-5", "schedule.optimizer='sgd'", "schedule.momentum=0.8",
+          "run.checkpoint_every=2"]
+
+
+def test_sigkill_mid_epoch_of_a_cosine_sgd_run_then_resume_equals_the_uninterrupted_run(env):
+    """The per-step cosine and SGD's momentum buffers continue from a checkpoint inside an epoch."""
+    train(env, "cosine_full", *COSINE)
+    killed = train(env, "cosine_kill", *COSINE, fault=f"step:{KILL_STEP}", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    state = torch.load(env / "cosine_kill" / "last.pt", weights_only=True)
+    assert state["scheduler"] == {"steps_done": KILL_EPOCH * STEPS_PER_EPOCH + KILL_DONE // 2 * 2,
+                                  "total_steps": EPOCHS * STEPS_PER_EPOCH}
+    resumed = train(env, "cosine_kill", *COSINE, resume=True)
+    assert f"at epoch {KILL_EPOCH} step {KILL_DONE // 2 * 2}" in resumed.stdout
+    assert_same_run(env / "cosine_full", env / "cosine_kill")
+    # the rate after each epoch is the cosine's of the next step: a function of the step alone, min_lr at the end
+    total = EPOCHS * STEPS_PER_EPOCH
+    expected = [1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * min((e + 1) * STEPS_PER_EPOCH, total - 1)
+                                                      / (total - 1))) / 2 for e in range(EPOCHS)]
+    assert [m["lr"] for m in metrics(env / "cosine_kill")] == pytest.approx(expected, rel=1e-12)
+    assert metrics(env / "cosine_kill")[-1]["lr"] == 1e-5
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_the_old_one_and_resumes_exactly(env, uninterrupted):
