@@ -93,7 +93,9 @@ DEFAULTS: dict[str, Any] = {
         "oltr_stage": None,        # None | 1 | 2 (OLTR's two runs)
         "init_from": None,         # a run folder whose best.pt initialises this run (OLTR stage 2)
         # prior (region / feature rules): a shipped name or a prior JSON file; None: the data set's own
-        # (DATASET_PRIORS: synthetic, rfmid); data.dataset='csv' has none, so those rules need it set
+        # (DATASET_PRIORS: synthetic, rfmid); data.dataset='csv' has none, so those rules need it set.
+        # mode: fixed (the thresholds) | quantile (the training counts' tertiles): the shot rule's cuts, and
+        # those of the head / medium / tail groups every run reports (recipes/engine/groups.py)
         "partition": {"rule": "shot", "thresholds": (100, 20), "mode": "fixed", "prior": None,
                       "num_subsets": None},
         "subset": None,            # teacher: the subset index
@@ -380,6 +382,7 @@ def _validate_method(meth: Mapping, cfg: Mapping) -> None:
         _check(meth["init_from"] is not None, "method.init_from", "the OLTR stage-1 run folder", None)
     part = meth["partition"]
     _check(part["rule"] in RULES, "method.partition.rule", f"one of {', '.join(RULES)}", part["rule"])
+    _check(part["mode"] in ("fixed", "quantile"), "method.partition.mode", "fixed or quantile", part["mode"])
     _check_prior(cfg)
     th = part["thresholds"]
     _check(isinstance(th, (list, tuple)) and len(th) == 2 and all(_is_num(t) and t > 0 for t in th)

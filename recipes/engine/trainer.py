@@ -5,7 +5,7 @@ What differs between methods (model, criterion, data view, loss of a batch, epoc
 (:mod:`recipes.engine.tasks`); the trainer only calls it. Outputs in the run folder: ``metrics.jsonl`` (one
 line per epoch), ``last.pt`` (every epoch, and every ``run.checkpoint_every`` steps), ``best.pt``
 (best validation mAP; the last epoch with ``schedule.select='last'``), and at the end ``result.json`` (test
-metrics of ``best.pt``) and
+metrics of ``best.pt``; head / medium / tail by :mod:`recipes.engine.groups`) and
 ``predictions.npz`` (its per-image val / test logits), preceded by the run's small, committable record
 (``record.json`` + ``record.npz``, :mod:`recipes.engine.run_record`). Everything is written atomically;
 checkpoints load with ``weights_only=True``.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,13 +34,14 @@ from recipes.engine.checkpoints import (
     nan_to_none,
     plain_config,
 )
+from recipes.engine.groups import group_rule, group_scores
 from recipes.engine.predict import bce_value, predict
 from recipes.engine.run_log import TensorBoard, append_jsonl, progress, truncate_metrics
 from recipes.engine.run_record import record_arrays, write_record
 from recipes.engine.schedule import make_optimizer, make_schedule
 from recipes.engine.tasks import RunContext, Task
 from rskd_loss.fileio import atomic_write_bytes
-from rskd_loss.metrics import average_precision_per_class, group_map
+from rskd_loss.metrics import average_precision_per_class
 from rskd_loss.validation import value_checks
 
 
@@ -67,13 +67,6 @@ def train_step(task: Task, model: nn.Module, optimizers: Sequence[torch.optim.Op
     return loss.detach()
 
 
-def group_scores(ap: np.ndarray, counts: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
-    """Head / medium / tail / total mAP (NaN for an empty group, without a warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return group_map(ap, counts, thresholds)
-
-
 class Trainer:
     """Trains ``task`` in the run folder ``ctx.out_dir``, continuing from ``saved`` (a ``last.pt``) if given."""
 
@@ -85,6 +78,7 @@ class Trainer:
         self.class_names = [data["class_names"][c] for c in self.columns]
         self.class_counts = data["train_counts"][self.columns]
         self.thresholds = tuple(cfg["method"]["partition"]["thresholds"])
+        self.groups = group_rule(cfg["method"]["partition"], data["train_counts"])  # the fold's, all classes
         self.channels_last = self.run_cfg["channels_last"] in ("auto", True)  # faster on GPU and, measured, CPU
         self.plain_cfg = plain_config(cfg)
         self._make_loaders()
@@ -253,7 +247,7 @@ class Trainer:
             t0 = time.time()
             train_loss = self.train_epoch(epoch)
             val = self.evaluate(self.val_loader)
-            val_map = group_scores(val["ap"], self.class_counts, self.thresholds)
+            val_map = group_scores(val["ap"], self.class_counts, self.groups["cuts"])
             self.schedule.after_epoch(val["loss"])
             extra = self.task.end_epoch(ctx, val["ap"])
             score = val_map["total"] if np.isfinite(val_map["total"]) else -np.inf  # NaN: no val positive
@@ -278,7 +272,8 @@ class Trainer:
         """Test (and validation) metrics of ``best.pt``, written to ``result.json`` with ``info``, the
         task's own entries and the seconds since ``started``; per-image logits to ``predictions.npz``; the
         run's record (with ``command``) before ``result.json``, so that every finished run has one.
-        ``select`` says which rule chose the tested epoch (``schedule.select``)."""
+        ``select`` says which rule chose the tested epoch (``schedule.select``), ``groups`` which rule and
+        cuts gave head / medium / tail (:func:`recipes.engine.groups.group_rule`)."""
         ctx, out_dir = self.ctx, self.ctx.out_dir
         best = load_checkpoint(out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
@@ -287,10 +282,10 @@ class Trainer:
         result = {**info, "class_names": self.class_names, "classes": self.columns,
                   "train_class_counts": self.class_counts.tolist(), "thresholds": list(self.thresholds),
                   "epochs": self.sched["epochs"], "best_epoch": best["epoch"], "select": self.sched["select"],
-                  "world_size": ctx.world,
+                  "groups": self.groups, "world_size": ctx.world,
                   "device": str(ctx.device), **self.task.result(), "seconds": time.time() - started}
         for part, res in parts.items():
-            groups = group_scores(res["ap"], self.class_counts, self.thresholds)
+            groups = group_scores(res["ap"], self.class_counts, self.groups["cuts"])
             result[part] = {"ap": nan_to_none(res["ap"]),
                             "map": {k: (None if v != v else v) for k, v in groups.items()}}
         if ctx.main:

@@ -258,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_cfg = load_config(config_path(ROWS["erm"].config), a.profile, a.set)
     folds = _folds(a, base_cfg)
     thresholds = tuple(base_cfg["method"]["partition"]["thresholds"])
+    groups = (f"head >= {thresholds[0]:g}, tail < {thresholds[1]:g} training positives"
+              if base_cfg["method"]["partition"]["mode"] == "fixed" else "groups at the training counts' tertiles")
     title = (f"profile {_profile_name(a.profile)}; test mAP in %, mean ± std over folds {folds} x seeds {a.seeds}; "
-             f"head >= {thresholds[0]:g}, tail < {thresholds[1]:g} training positives; Ours + X: {a.ours_rule} rule")
+             f"{groups}; Ours + X: {a.ours_rule} rule")
 
     report = None
     if a.from_records is not None and not a.collect_only:

@@ -2,12 +2,14 @@
 
 For each selected table: test mAP (head / medium / tail / total, in %) as mean +- sample standard
 deviation (``ddof=1``; blank with a single run) over the runs of the row (folds x seeds). Per run, the
-groups are recomputed with :func:`rskd_loss.metrics.group_map` from the run's per-class test AP, its
-``train_class_counts`` and its ``thresholds`` (the profile's ``method.partition.thresholds`` for a
-result without them). Written atomically: ``table<N>.md`` and ``table<N>.csv``. The results are read
-through a :class:`recipes.table3.store.RunStore`: from the run folders, or (``records``) from the runs'
-records alone, with the same bytes written either way.
-Imports :mod:`recipes.table3.rows` and :mod:`recipes.table3.store`, of this package.
+groups are recomputed from the run's per-class test AP and its ``train_class_counts``: with the cuts its
+``groups`` records when the run had ``method.partition.mode='quantile'`` (the training counts' tertiles,
+:mod:`recipes.engine.groups`), else with :func:`rskd_loss.metrics.group_map` at its ``thresholds`` (the
+profile's ``method.partition.thresholds`` for a result without them). Written atomically: ``table<N>.md``
+and ``table<N>.csv``. The results are read through a :class:`recipes.table3.store.RunStore`: from the run
+folders, or (``records``) from the runs' records alone, with the same bytes written either way.
+Imports :mod:`recipes.table3.rows` and :mod:`recipes.table3.store`, of this package, and
+:mod:`recipes.engine.groups`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from recipes.engine.groups import group_scores
 from recipes.table3.rows import (
     GROUPS,
     ROWS,
@@ -66,7 +69,11 @@ def ap_vector(values: Iterable[float | None]) -> np.ndarray:
 
 
 def run_group_map(result: Mapping[str, Any], thresholds: Sequence[float], split: str = "test") -> dict[str, float]:
-    """Head / medium / tail / total mAP (fractions) of one result, via :func:`rskd_loss.metrics.group_map`."""
+    """Head / medium / tail / total mAP (fractions) of one result: at the recorded quantile cuts (the groups
+    the run reported), else via :func:`rskd_loss.metrics.group_map` at its (or the given) thresholds."""
+    rule = result.get("groups")
+    if isinstance(rule, Mapping) and rule.get("mode") == "quantile":
+        return group_scores(ap_vector(result[split]["ap"]), result["train_class_counts"], rule["cuts"])
     th = result.get("thresholds") or thresholds
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes without a test positive: left out, by design

@@ -1,5 +1,6 @@
 """recipes/engine/schedule.py and groups.py: the cosine schedule by hand, SGD's momentum by hand, the
-schedule keys refused before training, cosine resumes refused when the run's steps change."""
+schedule keys refused before training, cosine resumes refused when the run's steps change, and the
+quantile head / medium / tail groups of a run and of the sweep's collection."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,10 @@ import torch
 
 from recipes.config import ConfigError, load_config
 from recipes.engine.checkpoints import config_differences, plain_config
+from recipes.engine.groups import cut_groups, group_rule, group_scores
 from recipes.engine.schedule import HalfCosineLR, cosine_lr, make_optimizer, make_schedule
+from recipes.table3.collect import run_group_map
+from rskd_loss.metrics import group_map, shot_cuts, shot_groups
 
 LR, MIN_LR = 1e-3, 1e-5
 
@@ -102,6 +106,7 @@ def test_sgd_uses_its_momentum_and_weight_decay_a_step_by_hand():
     ("schedule.momentum=0.5", r"'schedule.momentum' must be its default 0.9 with schedule.optimizer='adam' "
                               r"\(Adam has no momentum; set schedule.optimizer='sgd'\), got 0.5"),
     ("schedule.momentum=True", r"'schedule.momentum' must be a number in \[0, 1\), got True"),
+    ("method.partition.mode='tertile'", r"'method.partition.mode' must be fixed or quantile, got 'tertile'"),
 ])
 def test_bad_schedule_and_group_keys_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -112,7 +117,7 @@ def test_sgd_momentum_out_of_range_is_refused_and_in_range_accepted():
     with pytest.raises(ConfigError, match=r"'schedule.momentum' must be a number in \[0, 1\), got 1.0"):
         load_config(None, None, ["schedule.optimizer='sgd'", "schedule.momentum=1.0"])
     cfg = load_config(None, None, ["schedule.optimizer='sgd'", "schedule.momentum=0.0", "schedule.kind='cosine'",
-                                   "schedule.select='last'"])
+                                   "schedule.select='last'", "method.partition.mode='quantile'"])
     assert cfg["schedule"]["momentum"] == 0.0
 
 
@@ -126,3 +131,57 @@ def test_a_cosine_resume_may_not_change_the_epochs():
     old = {**plateau_saved, "schedule": {k: v for k, v in plateau_saved["schedule"].items()
                                          if k not in ("kind", "select", "optimizer", "momentum")}}
     assert config_differences(old, plateau_saved) == []
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+# training positives of 12 classes of a large set: none below the fixed tail cut 20, so no tail class
+COUNTS = np.array([4000, 2100, 900, 640, 400, 400, 300, 150, 120, 90, 60, 45])
+AP = np.array([0.9, 0.8, 0.7, 0.75, 0.6, 0.5, 0.55, 0.3, 0.35, np.nan, 0.2, 0.1])
+
+
+def _by_hand(ap: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {g: float(np.nanmean(ap[idx])) for g, idx in groups.items()}
+    return {**out, "total": float(np.nanmean(ap))}
+
+
+def test_quantile_groups_are_shot_groups_quantile_split():
+    rule = group_rule({"thresholds": (100, 20), "mode": "quantile"}, COUNTS)
+    assert rule == {"mode": "quantile", "cuts": list(shot_cuts(COUNTS, mode="quantile"))}
+    split = shot_groups(COUNTS, mode="quantile")
+    assert all(split[g].size == 4 for g in ("head", "medium", "tail"))  # a third of the classes each
+    assert {g: idx.tolist() for g, idx in cut_groups(COUNTS, rule["cuts"]).items()} == \
+        {g: idx.tolist() for g, idx in split.items()}
+    assert group_scores(AP, COUNTS, rule["cuts"]) == pytest.approx(_by_hand(AP, split))
+    fixed = group_rule({"thresholds": (100, 20), "mode": "fixed"}, COUNTS)
+    assert fixed == {"mode": "fixed", "cuts": [100.0, 20.0]}
+    assert cut_groups(COUNTS, fixed["cuts"])["tail"].size == 0  # what the quantile rule is for
+
+
+def test_fixed_groups_are_group_map_bit_for_bit():
+    with pytest.warns(UserWarning):
+        expected = group_map(AP, COUNTS, (100, 20))
+    got = group_scores(AP, COUNTS, [100.0, 20.0])
+    assert list(got) == list(expected)
+    np.testing.assert_array_equal(list(got.values()), list(expected.values()))  # exactly; NaN (no tail) as NaN
+
+
+def test_equal_or_zero_tertiles_are_applied_as_shot_groups_does():
+    counts = np.array([0, 0, 0, 0, 0, 0, 5])  # both tertiles are 0: nothing is tail, no medium class
+    cuts = group_rule({"thresholds": (100, 20), "mode": "quantile"}, counts)["cuts"]
+    assert cuts == [0.0, 0.0]
+    assert {g: i.tolist() for g, i in cut_groups(counts, cuts).items()} == \
+        {g: i.tolist() for g, i in shot_groups(counts, mode="quantile").items()}
+
+
+def test_collection_recomputes_the_recorded_quantile_groups():
+    rule = group_rule({"thresholds": (100, 20), "mode": "quantile"}, COUNTS)
+    result = {"test": {"ap": [None if np.isnan(a) else float(a) for a in AP]}, "train_class_counts": COUNTS.tolist(),
+              "thresholds": [100, 20], "groups": rule}
+    expected = _by_hand(AP, shot_groups(COUNTS, mode="quantile"))
+    assert run_group_map(result, (100, 20)) == pytest.approx(expected)
+    assert not math.isnan(run_group_map(result, (100, 20))["tail"])
+    # a result with fixed groups, or from before the groups were recorded: its thresholds, as before
+    for old in ({**result, "groups": {"mode": "fixed", "cuts": [100.0, 20.0]}}, {k: v for k, v in result.items()
+                                                                                  if k != "groups"}):
+        assert math.isnan(run_group_map(old, (100, 20))["tail"])
