@@ -82,7 +82,8 @@ DEFAULTS: dict[str, Any] = {
         "kind": "plateau",
         "select": "best",          # the tested epoch (and best.pt): best (validation total mAP) | last
         "optimizer": "adam",       # adam (the paper's) | sgd
-        "momentum": 0.9,           # sgd only (Adam has none: another value with adam is refused)
+        "momentum": 0.9,           # sgd only (torchvision classification reference default; Adam has none: another
+                                   # value with adam is refused)
     },
     "method": {
         "name": "erm",
