@@ -108,7 +108,7 @@ class SupervisedTask:
         if self.init_from and not ctx.resuming:
             ckpt = Path(self.init_from) / "best.pt"
             state = check_same_data(ckpt, ctx.data)
-            check_same_trunk(ckpt, state["config"]["model"], self.model_cfg, "the run of method.init_from and this one")
+            check_same_trunk(ckpt, state, self.model_cfg, "the run of method.init_from and this one")
             model.load_state_dict(state["model"])
         return model.to(ctx.device)
 
@@ -172,7 +172,7 @@ class TeacherTask(SupervisedTask):
     def _load_backbone(self, model: nn.Module, ctx: RunContext) -> None:
         ckpt, model_name = Path(self.backbone_from) / "best.pt", f"model.name={ctx.cfg['model']['name']!r}"
         saved = check_same_data(ckpt, ctx.data)
-        check_same_trunk(ckpt, saved["config"]["model"], self.model_cfg, "the ERM run and its teachers")
+        check_same_trunk(ckpt, saved, self.model_cfg, "the ERM run and its teachers")
         backbone = {k: v for k, v in saved["model"].items() if k.startswith("backbone.")}
         try:
             missing, unexpected = model.load_state_dict(backbone, strict=False)

@@ -44,11 +44,17 @@ class TrunkCacheError(RSKDError, ValueError):
     """A trunk cache file does not hold what its name says (the message names it and what to do)."""
 
 
+#: the seed of the frozen trunk's random weights (``model.pretrained=False`` without ``model.weights_path``):
+#: fixed, so that every run shares one cache as with pretrained weights
+TRUNK_INIT_SEED = 0
+
+
 def frozen_trunk(model_cfg: Mapping) -> nn.Module:
     """The frozen stages ``0 .. model.freeze - 1`` of the configured EfficientNet-Lite0 (its weights), eval mode."""
     from recipes.models.timm_backbones import Lite0Trunk, efficientnet_lite0  # timm: seconds to import
 
-    with torch.random.fork_rng(devices=[]):  # the classifier-less model draws nothing, but keep the run's RNG
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
+        torch.manual_seed(TRUNK_INIT_SEED)
         full = efficientnet_lite0(pretrained=bool(model_cfg.get("pretrained")),
                                   weights_path=model_cfg.get("weights_path"), freeze=model_cfg["freeze"])
     return Lite0Trunk(full, model_cfg["freeze"])
@@ -181,9 +187,10 @@ def trunk_key(model_cfg: Mapping) -> str:
     return "images (model.cache_trunk=False)"
 
 
-def check_same_trunk(ckpt: os.PathLike | str, theirs: Mapping, ours: Mapping, what: str) -> None:
-    """Refuse a checkpoint (``theirs``: its config's model section) whose model takes other inputs than this
-    run's (``ours``): cached features of another k, or images against cached features."""
+def check_same_trunk(ckpt: os.PathLike | str, state: Mapping, ours: Mapping, what: str) -> None:
+    """Refuse a checkpoint (``state``, as loaded) whose model takes other inputs than this run's (``ours``: the
+    config's model section): cached features of another k, or images against cached features."""
+    theirs = state.get("config", {}).get("model", {})  # a checkpoint without its config: an uncached model
     if trunk_key(theirs) != trunk_key(ours):
         raise ConfigError(f"{ckpt} was trained on {trunk_key(theirs)}, this run on {trunk_key(ours)}; {what} "
                           f"must be cached the same way (same model.cache_trunk and model.freeze)")
