@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "class_names": None,       # the label columns, in order (None: detected, every column of 0/1 values;
                                    # the others, e.g. an age, are skipped and listed in the run's log)
         "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
-        "trunk_views": 8,          # model.cache_trunk: views cached per image (0: the evaluation input, 1..: augmented)
+        "trunk_views": 8,          # model.cache_trunk: views cached per image (view 0 plain, the others augmented)
     },
     "model": {
         "name": "resnet50",        # any torchvision classification model, small_cnn, efficientnet_lite0, or

@@ -29,7 +29,7 @@ from torch import nn
 from recipes.data.augment import BatchAugment, keyed_uniforms
 from recipes.engine.tasks import SupervisedTask
 from recipes.engine.trainer import train_step
-from recipes.engine.trunk_cache import TrunkViews, build_trunk_cache, frozen_trunk, open_trunk_cache
+from recipes.engine.trunk_cache import TrunkViews, build_trunk_cache, frozen_trunk
 from recipes.models.backbones import build_model
 
 SEED = 0
@@ -63,8 +63,7 @@ def _build(a: argparse.Namespace, data: dict, rows: int, k: int, folder: Path,
     t0 = time.perf_counter()
     build_trunk_cache(cfg, info, trunk, path, device)
     seconds = time.perf_counter() - t0
-    features = np.load(path, mmap_mode="r")
-    return TrunkViews(open_trunk_cache(path, features.shape)), seconds
+    return TrunkViews(np.load(path, mmap_mode="r")), seconds
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, make_input: Callable[[np.ndarray, torch.Tensor], torch.Tensor],

@@ -20,11 +20,12 @@ is stages k .. 8 (:class:`recipes.models.timm_backbones.Lite0Tail`), pooling and
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,11 @@ def build_trunk_cache(cfg: Mapping, data: Mapping, trunk: nn.Module, path: Path,
             x = images.to(device, non_blocking=True)
             for view in range(views):
                 rand = keyed_uniforms(seed, view, rows.numpy(), BatchAugment.NUM_RANDOM).to(device)
-                features = trunk(augment(x, train=view > 0, rand=rand if view else None)).float()
-                if not torch.isfinite(features.clamp(-65504, 65504).half()).all():
-                    raise TrunkCacheError(f"the frozen trunk's features overflow float16 at rows {rows[:4].tolist()}")
-                out[rows.numpy(), view] = features.half().cpu().numpy()
+                features = trunk(augment(x, train=view > 0, rand=rand if view else None)).half()
+                if not torch.isfinite(features).all():  # beyond float16's range (65504), or NaN
+                    raise TrunkCacheError(f"the frozen trunk's features do not fit float16 at CSV rows "
+                                          f"{rows[:4].tolist()} (view {view}): check model.weights_path")
+                out[rows.numpy(), view] = features.cpu().numpy()
         out.flush()
         del out
     print(f"built trunk cache {path}: {shape[0]} rows x {views} views of {tuple(shape[2:])} features in "
@@ -168,20 +170,37 @@ class TrunkViews(nn.Module):
         return chunk.to(x.device, non_blocking=True).float()
 
 
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` (``fcntl.flock``, released when the process dies): of the runs a
+    sweep starts at once (``--jobs N``), one builds the cache, the others wait for it and then read it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def trunk_views(cfg: Mapping, data: Mapping, rank: int, world: int, device: torch.device) -> TrunkViews:
     """The run's :class:`TrunkViews`: the cache file of this config found, or built by rank 0 (the other ranks
-    wait), then memory-mapped and checked."""
+    wait, and so do other runs that need the same file), then memory-mapped and checked."""
     trunk = frozen_trunk(cfg["model"])
     path = trunk_cache_file(cfg, data, trunk)
     if rank == 0 and not path.is_file():
-        build_trunk_cache(cfg, data, trunk, path, device)
+        with _build_lock(path):
+            if not path.is_file():  # another run may have built it while this one waited
+                build_trunk_cache(cfg, data, trunk, path, device)
     barrier(world)
     shape = (data["num_rows"], cfg["data"]["trunk_views"], *_feature_shape(trunk.cpu(), cfg["data"]["image_size"]))
     return TrunkViews(open_trunk_cache(path, shape))
 
 
 def trunk_key(model_cfg: Mapping) -> str:
-    """How a model of ``model_cfg`` takes its input: ``"images"``, or ``"cached trunk of k stages"``."""
+    """What a model of ``model_cfg`` takes as input, in words: images, or the cached output of k frozen stages."""
     if model_cfg.get("cache_trunk"):
         return f"model.cache_trunk=True with model.freeze={model_cfg.get('freeze')}"
     return "images (model.cache_trunk=False)"

@@ -4,6 +4,7 @@ resumes exactly. EfficientNet-Lite0 with random weights (no weights package need
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from recipes.train import main
 
 SIZE = 32
 PROFILE = (
-    "data = dict(root=%r, synthetic=dict(seed=0, num_images=240, image_size=32, num_classes=8),\n"
+    "data = dict(root=%r, synthetic=dict(seed=0, num_images=120, image_size=32, num_classes=8),\n"
     "            scheme='holdout', image_size=32, batch_size=16, eval_batch_size=64, num_workers=0,\n"
     "            trunk_views=2)\n"
     "model = dict(name='efficientnet_lite0', pretrained=False, freeze=8, cache_trunk=True)\n"
@@ -105,13 +106,15 @@ def test_the_cache_is_reused_and_named_after_what_it_depends_on(env, data, capsy
     trunk = frozen_trunk(cfg["model"])
     path = trunk_cache_file(cfg, data, trunk)
     trunk_views(cfg, data, 0, 1, torch.device("cpu"))
-    assert path.is_file() and f"built trunk cache {path}: 240 rows x 2 views" in capsys.readouterr().out
+    assert path.is_file() and f"built trunk cache {path}: 120 rows x 2 views" in capsys.readouterr().out
     written = path.stat().st_mtime_ns
     views = trunk_views(cfg, data, 0, 1, torch.device("cpu"))
     assert "built" not in capsys.readouterr().out and path.stat().st_mtime_ns == written
-    assert views.features.shape == (240, 2, 320, 1, 1) and views.features.dtype == np.float16
-    others = {trunk_cache_file(_cfg(env, *sets), data, frozen_trunk(_cfg(env, *sets)["model"]))
-              for sets in (["model.freeze=7"], ["data.trunk_views=3"], ["data.split_seed=1"], ["data.image_size=64"])}
+    assert views.features.shape == (120, 2, 320, 1, 1) and views.features.dtype == np.float16
+    seven = _cfg(env, "model.freeze=7")
+    others = {trunk_cache_file(seven, data, frozen_trunk(seven["model"]))} | {
+        trunk_cache_file(_cfg(env, "model.freeze=8", *sets), data, trunk)
+        for sets in (["data.trunk_views=3"], ["data.split_seed=1"], ["data.image_size=64"])}
     assert len(others) == 4 and path not in others
 
 
@@ -130,10 +133,29 @@ def test_an_interrupted_build_leaves_no_file_and_a_wrong_header_is_refused(env, 
     with pytest.raises(KeyboardInterrupt):
         trunk_views(cfg, data, 0, 1, torch.device("cpu"))
     assert not path.exists() and not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    np.save(path.parent / "wrong.npy", np.zeros((240, 3, 320, 1, 1), dtype=np.float16))
-    with pytest.raises(TrunkCacheError, match=r"wrong.npy holds float16 \(240, 3, 320, 1, 1\), expected float16 "
-                                              r"\(240, 4, 320, 1, 1\).*delete it"):
-        open_trunk_cache(path.parent / "wrong.npy", (240, 4, 320, 1, 1))
+    np.save(path.parent / "wrong.npy", np.zeros((120, 3, 320, 1, 1), dtype=np.float16))
+    with pytest.raises(TrunkCacheError, match=r"wrong.npy holds float16 \(120, 3, 320, 1, 1\), expected float16 "
+                                              r"\(120, 4, 320, 1, 1\).*delete it"):
+        open_trunk_cache(path.parent / "wrong.npy", (120, 4, 320, 1, 1))
+
+
+def test_a_run_waits_for_another_building_the_same_cache(env, data, monkeypatch):
+    cfg = _cfg(env, "model.freeze=8", "data.trunk_views=1")
+    cpu, trunk = torch.device("cpu"), frozen_trunk(cfg["model"])
+    path, build, builds, done = trunk_cache_file(cfg, data, trunk), trunk_cache.build_trunk_cache, [], threading.Event()
+    monkeypatch.setattr(trunk_cache, "build_trunk_cache", lambda *args: builds.append(args) or build(*args))
+
+    def second_run() -> None:
+        trunk_views(cfg, data, 0, 1, cpu)
+        done.set()
+
+    with trunk_cache._build_lock(path):  # the first run, building
+        waiting = threading.Thread(target=second_run)
+        waiting.start()
+        assert not done.wait(1.0)
+        build(cfg, data, trunk, path, cpu)
+    waiting.join(60)
+    assert done.is_set() and builds == []  # the second run read the first one's file
 
 
 def test_the_training_view_is_keyed_by_seed_epoch_and_position():
