@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "class_names": None,       # the label columns, in order (None: detected, every column of 0/1 values;
                                    # the others, e.g. an age, are skipped and listed in the run's log)
         "skip_bad_images": False,  # True: leave out rows whose image is missing or undecodable, counted
+        "trunk_views": 8,          # model.cache_trunk: views cached per image (view 0 plain, the others augmented)
     },
     "model": {
         "name": "resnet50",        # any torchvision classification model, small_cnn, efficientnet_lite0, or
@@ -68,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
         "norm": "batch",           # small_cnn only: batch | group (GroupNorm: no batch statistics)
         "freeze": 0,               # efficientnet_lite0 only: leading stages frozen (weights and BN statistics;
                                    # 0 = stem, 1..7 = MBConv stages, 8 = head conv; recipes/models/timm_backbones.py)
+        "cache_trunk": False,      # efficientnet_lite0 with freeze 1..8: the frozen stages' output computed once per
+                                   # data set and view, runs train the rest (recipes/engine/trunk_cache.py)
     },
     "schedule": {
         "epochs": 100,
@@ -335,6 +338,7 @@ def _validate_data(d: Mapping) -> None:
         raise ConfigError(f"config key 'data.class_names' must not name the image column "
                           f"data.image_column={ic!r}, got {list(cn)}")
     _check(isinstance(d["skip_bad_images"], bool), "data.skip_bad_images", "True or False", d["skip_bad_images"])
+    _check(_is_int(d["trunk_views"]) and d["trunk_views"] >= 1, "data.trunk_views", "an int >= 1", d["trunk_views"])
 
 
 def _validate_model(m: Mapping) -> None:
@@ -344,6 +348,12 @@ def _validate_model(m: Mapping) -> None:
     _check(m["head"] in ("linear", "normed"), "model.head", "linear or normed", m["head"])
     _check(_is_int(m["freeze"]) and m["freeze"] >= 0, "model.freeze", "an int >= 0 (frozen leading stages)",
            m["freeze"])
+    _check(isinstance(m["cache_trunk"], bool), "model.cache_trunk", "True or False", m["cache_trunk"])
+    if m["cache_trunk"]:
+        _check(m["name"] == "efficientnet_lite0", "model.name", "'efficientnet_lite0' with model.cache_trunk=True "
+               "(the cached trunk is its frozen stages)", m["name"])
+        _check(1 <= m["freeze"] <= 8, "model.freeze", "an int in [1, 8] with model.cache_trunk=True (the frozen "
+               "stages whose output is cached; 9 would leave nothing to train)", m["freeze"])
 
 
 def _validate_schedule(s: Mapping) -> None:

@@ -49,6 +49,7 @@ from recipes.engine.checkpoints import (
 from recipes.engine.run_lock import RunLock
 from recipes.engine.tasks import RunContext, make_task
 from recipes.engine.trainer import Trainer
+from recipes.engine.trunk_cache import trunk_views
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -120,8 +121,9 @@ def _run(cfg: dict, out_dir: Path, resume: bool, rank: int, world: int, device: 
         raise ConfigError(f"--resume: {out_dir / 'last.pt'} was trained on other data ({saved.get('data_id')}), "
                           f"this run reads {data['data_id']} (CSV sha256:scheme:split seed:fold)")
     amp = device.type == "cuda" and r["amp"] in ("auto", "bf16")
-    ctx = RunContext(cfg, data, device, rank, world, amp, BatchAugment(cfg["data"]["image_size"]).to(device),
-                     out_dir, resuming=saved is not None)
+    augment = (trunk_views(cfg, data, rank, world, device) if cfg["model"]["cache_trunk"]
+               else BatchAugment(cfg["data"]["image_size"]).to(device))
+    ctx = RunContext(cfg, data, device, rank, world, amp, augment, out_dir, resuming=saved is not None)
     trainer = Trainer(cfg, ctx, make_task(cfg, data, seed=r["seed"]), saved)
     trainer.fit()
     meth = cfg["method"]

@@ -72,6 +72,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from recipes.benchmark import trunk_cost
 from recipes.data.augment import BatchAugment, keyed_uniforms
 from recipes.engine.tasks import StudentTask, SupervisedTask
 from recipes.engine.teacher_sources import BankTeachers, OnlineTeachers
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "replacement from them. Full-size: min(images, 32)")
     p.add_argument("--data-root", help="a folder with labels.csv and images/ to read instead of synthetic images")
     p.add_argument("--image-suffix", default="", help="appended to the CSV's image ids (with --data-root)")
+    trunk_cost.add_arguments(p, pos)
     return p
 
 
@@ -182,6 +184,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in d.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.trunk_views is None:
+        a.trunk_views = 2 if a.quick else 8
     if a.images < 8:
         parser.error(f"argument --images: must be at least 8 (the synthetic label generator needs them), "
                      f"got {a.images}")
@@ -713,6 +717,8 @@ def render_table(result: dict) -> str:
     e = result["end_to_end"]
     add("(d) end to end", "student epoch, eager", e["eager"], "ratio_to_model_step", "x model-only")
     add("(d) end to end", "student epoch, compiled", e["compiled"], "ratio_to_model_step", "x model-only")
+    if "trunk_cache" in result:
+        lines += trunk_rows(result["trunk_cache"])
     lines += ["", "| target | measured | target | met |", "|---|---:|---|---|"]
     for t in result["targets"]:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "no")
@@ -721,6 +727,20 @@ def render_table(result: dict) -> str:
     lines.append("")
     lines.append(f"Total {result['seconds']:.1f} s (data preparation {result['data_seconds']:.1f} s).")
     return "\n".join(lines)
+
+
+def trunk_rows(t: dict) -> list[str]:
+    """(e) as a table of its own: per k, today's and the cached epoch, the speed-up and the build."""
+    lines = ["", f"(e) efficientnet_lite0, one epoch of {t['epoch_images']:,} images ({t['steps_per_epoch']} steps, "
+             f"median step), {t['settings']}; cache of {t['views']} views",
+             "", "| freeze k | today ms/step | cached ms/step | today epoch s | cached epoch s | speed-up | "
+             "build s per 1,000 images x views |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, row in t.items():
+        if key.startswith("k") and isinstance(row, dict):
+            lines.append(f"| {key[1:]} | {_fmt(row['today_ms_per_step'], 1)} | {_fmt(row['cached_ms_per_step'], 1)} | "
+                         f"{_fmt(row['today_epoch_s'], 1)} | {_fmt(row['cached_epoch_s'], 1)} | "
+                         f"{_fmt(row['speedup'], 1)} x | {_fmt(row['build_s_per_1000_image_views'], 2)} |")
+    return lines
 
 
 def _device_name(device: torch.device) -> str:
@@ -772,6 +792,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["pipeline"] = pipeline_section(a, device, data)
         result["end_to_end"] = end_to_end_section(a, device, data, tmp, result["model_step"], state)
         state.clear()
+        if a.trunk_cache:
+            images = torch.from_numpy(np.array(_decoded(_dataset(*data["cached"], a.size), a, data).images))
+            result["trunk_cache"] = trunk_cost.trunk_cache_section(
+                a, device, data, images, tmp, time_cases, precision_cases(device)[reference_case(device)])
     result["targets"] = targets(result)
     result["seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=1, allow_nan=False)

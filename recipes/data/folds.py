@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from recipes.data.views import Preloaded, ResumableSampler
+from recipes.data.views import Preloaded, ResumableSampler, TrunkRows
 from recipes.distributed import barrier, broadcast_object
 from rskd_loss import file_sha256
 from rskd_loss.baselines.resample import DistributedClassAwareSampler
@@ -156,7 +156,8 @@ def _skipped_summary(bad: list, fold_rows: Mapping, rows: Mapping, rank: int) ->
 
 
 def make_dataset(cfg: Mapping, data: Mapping, part: str):
-    """The fold's ``part`` rows as uint8 (3, size, size) images; augmentation runs on the device."""
+    """The fold's ``part`` rows as uint8 (3, size, size) images; augmentation runs on the device. With
+    ``model.cache_trunk`` the rows themselves (:class:`TrunkRows`): their features are read on the device."""
     from recipes.data import MultiLabelCSVDataset
     from recipes.data.transforms import uint8_transform
 
@@ -169,6 +170,8 @@ def make_dataset(cfg: Mapping, data: Mapping, part: str):
                                   image_suffix=d["image_suffix"],
                                   class_names=data["class_names"], indices=rows,
                                   transform=None if d["preload"] else uint8_transform(size))
+    if cfg["model"].get("cache_trunk"):
+        return TrunkRows(ds)
     if not d["preload"]:
         return ds
     cache = Path(d["root"]) / ".cache" / f"decoded_{size}px_{data['csv_sha'][:16]}.npy"

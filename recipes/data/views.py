@@ -1,5 +1,6 @@
-"""Data views and samplers of the training loop: the decoded-image cache (``data.preload``), a
-teacher's view (rows and label columns), and a sampler that can start an epoch part-way (resume)."""
+"""Data views and samplers of the training loop: the decoded-image cache (``data.preload``), the rows of
+the cached-trunk path (``model.cache_trunk``), a teacher's view (rows and label columns), and a sampler
+that can start an epoch part-way (resume)."""
 from __future__ import annotations
 
 import hashlib
@@ -40,6 +41,23 @@ class Preloaded(Dataset):
     def __getitem__(self, i: int):
         row = int(self.rows[i])
         return torch.from_numpy(np.array(self.images[row])), self.targets[i], row
+
+
+class TrunkRows(Dataset):
+    """The rows of ``base`` for the cached-trunk path (``model.cache_trunk``): an item is its CSV row as the
+    "image" (a 0-d int64 tensor), its target and the row; ``recipes.engine.trunk_cache.TrunkViews`` turns a
+    batch of rows into their cached features on the device. Nothing is decoded."""
+
+    def __init__(self, base: Any) -> None:
+        self.rows = np.asarray(base.indices, dtype=np.int64)
+        self.targets = torch.from_numpy(np.asarray(base.targets, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = int(self.rows[i])
+        return torch.tensor(row, dtype=torch.int64), self.targets[i], row
 
 
 def _decoded_images(base: Any, size: int, cache_file: str | os.PathLike, skip_rows: Sequence[int] = (),

@@ -44,6 +44,7 @@ from recipes.engine.teacher_sources import (
     make_partition,
     rows_sha256,
 )
+from recipes.engine.trunk_cache import check_same_trunk
 from recipes.models.backbones import build_model
 from rskd_loss import WeightedSubsetKDLoss
 from rskd_loss.baselines import COUNT_CRITERIA, build_criterion
@@ -105,7 +106,10 @@ class SupervisedTask:
         model = build_model(self.model_cfg, self.num_outputs(ctx), image_size=ctx.cfg["data"]["image_size"],
                             **self.model_options())
         if self.init_from and not ctx.resuming:
-            model.load_state_dict(check_same_data(Path(self.init_from) / "best.pt", ctx.data)["model"])
+            ckpt = Path(self.init_from) / "best.pt"
+            state = check_same_data(ckpt, ctx.data)
+            check_same_trunk(ckpt, state, self.model_cfg, "the run of method.init_from and this one")
+            model.load_state_dict(state["model"])
         return model.to(ctx.device)
 
     def num_outputs(self, ctx: RunContext) -> int:
@@ -167,8 +171,9 @@ class TeacherTask(SupervisedTask):
 
     def _load_backbone(self, model: nn.Module, ctx: RunContext) -> None:
         ckpt, model_name = Path(self.backbone_from) / "best.pt", f"model.name={ctx.cfg['model']['name']!r}"
-        state = check_same_data(ckpt, ctx.data)["model"]
-        backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        saved = check_same_data(ckpt, ctx.data)
+        check_same_trunk(ckpt, saved, self.model_cfg, "the ERM run and its teachers")
+        backbone = {k: v for k, v in saved["model"].items() if k.startswith("backbone.")}
         try:
             missing, unexpected = model.load_state_dict(backbone, strict=False)
         except RuntimeError as exc:

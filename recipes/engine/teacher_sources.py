@@ -25,6 +25,7 @@ from recipes.data.folds import make_dataset
 from recipes.data.views import View
 from recipes.distributed import barrier
 from recipes.engine.checkpoints import load_checkpoint
+from recipes.engine.trunk_cache import check_same_trunk
 from recipes.models.backbones import build_model
 from rskd_loss import (
     CrossFitTeachers,
@@ -143,6 +144,7 @@ def _teacher_set(cfg: Mapping, data: Mapping, tdir: Path, crossfit: tuple[int, n
             raise ConfigError(f"{ckpt} was trained on classes {state.get('class_names')}, expected subset {k}: "
                              f"{[data['class_names'][c] for c in subset]}")
         _check_variant(cfg, ckpt, state, crossfit)
+        check_same_trunk(ckpt, state, cfg["model"], "the teachers and the student")
         m = build_model(state["config"]["model"], len(subset), image_size=cfg["data"]["image_size"])
         m.load_state_dict(state["model"])
         models.append(m)

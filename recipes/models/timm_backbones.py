@@ -34,6 +34,7 @@ is then removed. Neither there: :class:`~recipes.models.backbones.ModelError` sa
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -127,6 +128,71 @@ class EfficientNetLite0(TimmBackbone):
         return self
 
 
+def _run_stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One stage of :attr:`EfficientNetLite0.stages` on ``x``: its modules in order (stem and head conv are
+    ``ModuleList``s of conv and BatchNorm + activation, an MBConv stage is timm's ``Sequential``)."""
+    for module in (stage if isinstance(stage, nn.ModuleList) else (stage,)):
+        x = module(x)
+    return x
+
+
+class Lite0Trunk(nn.Module):
+    """The frozen stages ``0 .. k-1`` of ``model`` (an :class:`EfficientNetLite0`), input remapping first:
+    ImageNet-normalised images -> their output, in eval mode whatever :meth:`train` is asked (the cache
+    of ``model.cache_trunk`` stores it once per data set and view)."""
+
+    def __init__(self, model: EfficientNetLite0, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= LITE0_NUM_STAGES - 1:
+            raise ValueError(f"a cached trunk has 1 to {LITE0_NUM_STAGES - 1} stages, got {k}")
+        self.k = k
+        self.stages = nn.ModuleDict({f"stage{i}": model.stages[i] for i in range(k)})
+        self.register_buffer("in_scale", model.in_scale.clone(), persistent=False)
+        self.register_buffer("in_shift", model.in_shift.clone(), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Lite0Trunk:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.in_scale + self.in_shift
+        for stage in self.stages.values():
+            x = _run_stage(stage, x)
+        return x
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the trunk's tensors (parameters and BatchNorm statistics, in order, float32 bytes):
+        what the cached features depend on besides the images."""
+        digest = hashlib.sha256()
+        for name, tensor in self.state_dict().items():
+            if not _is_counter(name):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+class Lite0Tail(nn.Module):
+    """Stages ``k .. 8`` of ``model`` (an :class:`EfficientNetLite0`), all trainable: the backbone of the
+    cached-trunk path, fed the (B, C, h, w) output of :class:`Lite0Trunk`; gives the (B, 1280, h', w') map.
+
+    Its state dict names the stages by number (``stage5.*`` .. ``stage8.*``), so a checkpoint of
+    another k does not load into it."""
+
+    def __init__(self, model: EfficientNetLite0, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= LITE0_NUM_STAGES - 1:
+            raise ValueError(f"a cached trunk has 1 to {LITE0_NUM_STAGES - 1} stages, got {k}")
+        self.k = k
+        self.stages = nn.ModuleDict({f"stage{i}": model.stages[i] for i in range(k, LITE0_NUM_STAGES)})
+        self.stages.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages.values():
+            x = _run_stage(stage, x)
+        return x
+
+
 # ------------------------------------------------------------------------------------ EfficientNet-Lite0
 
 def _is_counter(key: str) -> bool:
@@ -207,9 +273,12 @@ def efficientnet_lite0_imagenet() -> EfficientNetLite0:
 
 
 def lite0_backbone(model_cfg: Mapping, image_size: int) -> Backbone:
-    """``model.name='efficientnet_lite0'``: the (B, 1280, ceil(H/32), ceil(W/32)) map."""
+    """``model.name='efficientnet_lite0'``: the (B, 1280, ceil(H/32), ceil(W/32)) map; with
+    ``model.cache_trunk`` only stages ``model.freeze`` .. 8 (:class:`Lite0Tail`), fed cached features."""
     module = efficientnet_lite0(pretrained=bool(model_cfg.get("pretrained")),
                                 weights_path=model_cfg.get("weights_path"), freeze=model_cfg.get("freeze", 0))
+    if model_cfg.get("cache_trunk"):  # fed the cached output of the frozen stages (recipes.engine.trunk_cache)
+        module = Lite0Tail(module, model_cfg["freeze"])
     return Backbone(module, LITE0_HEAD_CHANNELS, True, max(1, math.ceil(image_size / 32)))
 
 

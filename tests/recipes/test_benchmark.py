@@ -176,3 +176,19 @@ def test_cpu_defaults_fit_the_two_minute_budget():
     assert (a.model, a.size, a.batch, a.classes, a.full_size) == ("small_cnn", 64, 64, 16, 256)
     assert a.compile is False and a.teachers == [3, 4]
     assert a.threads == max(1, a.cores - a.workers)
+
+
+def test_trunk_cache_section_is_the_arithmetic_of_its_own_steps(tmp_path):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = main(["--quick", "--trunk-cache", "--trunk-freeze", "6", "8", "--trunk-epoch", "100"])
+    t = result["trunk_cache"]
+    assert (t["epoch_images"], t["steps_per_epoch"], t["views"]) == (100, 13, 2)  # ceil(100 / batch 8)
+    for k in (6, 8):
+        row = t[f"k{k}"]
+        assert all(math.isfinite(row[key]) and row[key] > 0 for key in row if key != "status"), row
+        assert row["today_epoch_s"] == pytest.approx(row["today_ms_per_step"] / 1e3 * 13, rel=REL)
+        assert row["speedup"] == pytest.approx(row["today_epoch_s"] / row["cached_epoch_s"], rel=REL)
+        # 16 images x 2 views = 0.032 thousand image-views
+        assert row["build_s_per_1000_image_views"] == pytest.approx(row["build_s"] / 0.032, rel=REL)
+        assert re.search(rf"\n\| {k} \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ \| [\d.,]+ x \| [\d.,]+ \|", printed.getvalue())

@@ -20,6 +20,7 @@ BUILTIN_BASE = {
     "recipes.data.splits:SplitsMismatchError": ValueError,
     "recipes.engine.run_lock:RunLockedError": RuntimeError,
     "recipes.engine.run_record:RecordError": ValueError,
+    "recipes.engine.trunk_cache:TrunkCacheError": ValueError,
     "recipes.models.base:ModelError": ValueError,
     "recipes.table3.rows:SweepError": RuntimeError,
 }
