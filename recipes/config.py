@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
         "name": "erm",
         "stage": "baseline",       # baseline | teacher | student
         "criterion": {"name": "bce"},
+        # a profile's per-criterion choices, e.g. {"focal": {"alpha": None, "gamma": 1.0}}: merged into
+        # method.criterion when its name matches (the row X and "Ours + X" alike), before --set
+        "criterion_settings": {},
         "sampler": None,           # None | class_aware
         "num_samples_cls": 4,
         "oltr_stage": None,        # None | 1 | 2 (OLTR's two runs)
@@ -156,7 +159,7 @@ class ConfigError(RSKDError, ValueError):
 DELETE_KEY = "_delete_"
 #: the dicts whose keys are free, not a fixed set: the criterion's are its constructor's keyword
 #: arguments, checked by ``baselines.build_criterion`` when the run builds it
-FREE_FORM = ("method.criterion",)
+FREE_FORM = ("method.criterion", "method.criterion_settings")
 
 
 def _merge(base: dict, update: Mapping, path: str = "", *, layer: bool = False, free: bool = False) -> dict:
@@ -272,11 +275,24 @@ def load_config(
     for layer in (resolve_profile(profile), config):
         if layer is not None:
             cfg = _merge(cfg, _read_py_config(layer), layer=True)
+    cfg["method"]["criterion"] = _with_criterion_settings(cfg["method"])
     cfg = _merge(cfg, parse_overrides(overrides))
     if cfg["method"]["partition"]["prior"] is None:  # the prior follows the data set, never a profile's
         cfg["method"]["partition"]["prior"] = default_prior(cfg["data"]["dataset"])
     validate(cfg)
     return cfg
+
+
+def _with_criterion_settings(meth: Mapping) -> dict:
+    """``method.criterion`` with the profile's ``method.criterion_settings`` for its name merged in."""
+    settings, criterion = meth["criterion_settings"], meth["criterion"]
+    _check(isinstance(settings, Mapping) and all(isinstance(v, Mapping) for v in settings.values()),
+           "method.criterion_settings", "a dict of criterion name -> dict of its arguments", settings)
+    chosen = {k: v for k, v in settings.get(criterion.get("name"), {}).items() if k != DELETE_KEY}
+    if "name" in chosen:
+        raise ConfigError(f"config key 'method.criterion_settings.{criterion.get('name')}' must not rename the "
+                          f"criterion, got name={chosen['name']!r}")
+    return {**criterion, **chosen}
 
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:

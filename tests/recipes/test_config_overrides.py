@@ -98,3 +98,40 @@ def test_train_help_lists_every_profile_file():
     profile_help = out[out.rindex("--profile PROFILE"):out.rindex("--out-dir OUT_DIR")]  # options, not usage
     for name in names:
         assert name in profile_help, (name, profile_help)
+
+
+def _profile_with_settings(tmp_path: Path, settings: str) -> Path:
+    path = tmp_path / "with_settings.py"
+    path.write_text(f'_base_ = ["{CONFIG_DIR / "profiles" / "demo.py"}"]\n'
+                    f"method = dict(criterion_settings={settings})\n")
+    return path
+
+
+def test_a_profiles_criterion_settings_reach_the_row_and_ours_plus_that_row(tmp_path):
+    profile = _profile_with_settings(tmp_path, "dict(focal=dict(alpha=None, gamma=1.0), ldam=dict(drw_epoch=16))")
+    for row in ("focal.py", "ours_focal.py"):
+        assert load_config(CONFIG_DIR / "table3" / row, str(profile))["method"]["criterion"] == {
+            "name": "focal", "alpha": None, "gamma": 1.0}
+    ldam = load_config(CONFIG_DIR / "table3" / "ours_ldam.py", str(profile))["method"]["criterion"]
+    assert ldam == {"name": "ldam", "max_m": 0.5, "s": 30.0, "drw_epoch": 16}
+    assert load_config(CONFIG_DIR / "table3" / "erm.py", str(profile))["method"]["criterion"] == {"name": "bce"}
+    # --set comes after the profile's choice
+    overridden = load_config(CONFIG_DIR / "table3" / "focal.py", str(profile), ["method.criterion.gamma=3.0"])
+    assert overridden["method"]["criterion"]["gamma"] == 3.0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("dict(focal=dict(name='bce'))", "must not rename the criterion"),
+    ("dict(focal=1.0)", "method.criterion_settings"),
+])
+def test_bad_criterion_settings_are_refused(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG_DIR / "table3" / "focal.py", str(_profile_with_settings(tmp_path, settings)))
+
+
+def test_the_v2_profile_loads_every_row_with_its_calibrated_choices():
+    for path in sorted((CONFIG_DIR / "table3").glob("*.py")):
+        cfg = load_config(path, "cpu_pretrained_v2")
+        assert cfg["model"]["cache_trunk"] and cfg["schedule"]["kind"] == "cosine"
+        if cfg["method"]["criterion"]["name"] == "focal":
+            assert cfg["method"]["criterion"]["gamma"] == 1.0, path
