@@ -30,5 +30,6 @@ method = dict(
     criterion_settings=dict(
         focal=dict(alpha=None, gamma=1.0),  # of (0.25, 2), (none, 2), (none, 1), (0.75, 2)
         ldam=dict(drw_epoch=16),            # deferred re-weighting at 4/5 of the schedule (LDAM-DRW: 160/200)
+        db=dict(focal=False),               # preset coco; of coco, voc, coco without its focal term, coco gamma 1
     ),
 )
