@@ -32,14 +32,15 @@ class Preloaded(Dataset):
     def __init__(self, base: Any, size: int, cache_file: str | os.PathLike, skip_rows: Sequence[int] = (),
                  workers: int = 0) -> None:
         self.images = _decoded_images(base, size, cache_file, skip_rows, workers)
-        self.rows = TrunkRows(base)  # (row, target) of each item, as the cached-trunk path reads them
+        self.rows = np.asarray(base.indices, dtype=np.int64)
+        self.targets = torch.from_numpy(np.asarray(base.targets, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        _, target, row = self.rows[i]
-        return torch.from_numpy(np.array(self.images[row])), target, row
+        row = int(self.rows[i])
+        return torch.from_numpy(np.array(self.images[row])), self.targets[i], row
 
 
 class TrunkRows(Dataset):

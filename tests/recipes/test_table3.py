@@ -62,7 +62,7 @@ def demo_jobs(tmp_path, rows=TABLE3_ROWS + TABLE4_ROWS, folds=(0,), seeds=(0,), 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_method_config_loads_with_every_profile(profile):
-    assert set(PROFILES) == {"cpu_long", "cpu_pretrained", "demo", "paper", "rfmid"}
+    assert set(PROFILES) == {"cpu_long", "cpu_pretrained", "cpu_pretrained_v2", "demo", "paper", "rfmid"}
     # 15 Table 3 rows incl. OLTR stage 1, ASL and Ours + ASL, 2 teacher-variant rows, 3 teacher configs, 3 Table 4 rows
     assert len(METHOD_CONFIGS) == 25
     for path in METHOD_CONFIGS:
