@@ -46,7 +46,7 @@ from recipes.table3.collect import run_group_map
 from recipes.table3.rows import ROWS, run_dir_name
 from recipes.table3.store import RunStore
 from rskd_loss.fileio import atomic_write_bytes, atomic_write_text
-from rskd_loss.metrics import average_precision_per_class, group_map, shot_group_of, shot_groups
+from rskd_loss.metrics import average_precision_per_class, group_map, shot_cuts, shot_group_of, shot_groups
 from rskd_loss.partition import RULES
 
 __all__ = ["write_evidence", "t_interval", "paired_interval", "paired_tests", "verdict", "PRIMARY_ROWS",
@@ -499,12 +499,22 @@ def _interval(x: Mapping[str, Any], key: str = "mean") -> str:
     return f"{_f(x[key])} [{_f(x['lo'])}, {_f(x['hi'])}]"
 
 
+def pooled_cuts(erm: list[dict], counts: np.ndarray, thresholds: Sequence[float]) -> tuple[float, float]:
+    """The (head, tail) cuts of the pooled sections: the runs' own rule (``result.json`` ``groups.mode``, fixed
+    when a run predates it) on the folds' mean training ``counts``, so that the pooled groups follow the rule
+    of the paired tests (the tertiles under ``method.partition.mode='quantile'``)."""
+    mode = (erm[0].get("groups") or {}).get("mode", "fixed")
+    hi, lo = shot_cuts(counts, tuple(thresholds), mode=mode)
+    return float(hi), float(lo)
+
+
 def _pooled_files(sw: _Sweep, rows: Sequence[str], comps: list, folds: Sequence[int], seeds: Sequence[int],
                   erm: list[dict], baseline: str, thresholds: Sequence[float], n_boot: int,
                   notes: list[str]) -> tuple[dict[str, str], list[dict], list[dict]]:
     """Sections 2, 3, 6 (the ones grouped by the mean ERM training count): (files, teacher recs, AP-change recs)."""
     counts = np.mean([np.asarray(r["train_class_counts"], np.float64) for r in erm], axis=0)
-    group_of, names = shot_group_of(counts, tuple(thresholds)), list(erm[0]["class_names"])
+    thresholds = pooled_cuts(erm, counts, thresholds)
+    group_of, names = shot_group_of(counts, thresholds), list(erm[0]["class_names"])
     pooled, ap, secs = pooled_section(sw, rows, comps, folds, seeds, counts, thresholds, n_boot, notes)
     seeds_ok = [s for s in seeds if (baseline, s) in ap]
     files = {"pooled.csv": _csv(pooled), "pooled_counts.csv": _csv([

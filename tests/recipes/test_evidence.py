@@ -380,3 +380,15 @@ def test_table3_cli_writes_evidence(tmp_path, monkeypatch, capsys):
     assert seen["k"]["pairs"] == [("ours_focal", "focal")] and seen["k"]["ours_rule"] == "shot"
     with pytest.raises(ConfigError, match="ROW:REF"):
         table3_cli.main(["--profile", "paper", "--collect-only", "--evidence", "--pair", "ours_focal"])
+
+
+def test_pooled_groups_follow_the_runs_recorded_rule():
+    from recipes.table3.evidence import pooled_cuts
+    from rskd_loss.metrics import shot_cuts
+
+    counts = np.array([3000.0, 900, 550, 400, 200, 103, 74, 40, 20])
+    fixed = [{"train_class_counts": counts.tolist()}]  # a run from before result.json recorded its groups
+    assert pooled_cuts(fixed, counts, (100, 20)) == (100.0, 20.0)
+    tertiles = [{"train_class_counts": counts.tolist(), "groups": {"mode": "quantile", "cuts": [0, 0]}}]
+    assert pooled_cuts(tertiles, counts, (100, 20)) == tuple(shot_cuts(counts, (100, 20), mode="quantile"))
+    assert pooled_cuts(tertiles, counts, (100, 20)) != (100.0, 20.0)
