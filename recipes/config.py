@@ -275,16 +275,21 @@ def load_config(
     for layer in (resolve_profile(profile), config):
         if layer is not None:
             cfg = _merge(cfg, _read_py_config(layer), layer=True)
-    cfg["method"]["criterion"] = _with_criterion_settings(cfg["method"])
-    cfg = _merge(cfg, parse_overrides(overrides))
+    overrides = parse_overrides(overrides)
+    cfg = _merge(cfg, overrides)
+    # the profile's (or --set's) per-criterion choice, then the criterion keys that --set names, which win
+    explicit = (overrides.get("method") or {}).get("criterion")
+    explicit = explicit if isinstance(explicit, Mapping) else {}
+    cfg["method"]["criterion"] = _with_criterion_settings(cfg["method"], explicit)
     if cfg["method"]["partition"]["prior"] is None:  # the prior follows the data set, never a profile's
         cfg["method"]["partition"]["prior"] = default_prior(cfg["data"]["dataset"])
     validate(cfg)
     return cfg
 
 
-def _with_criterion_settings(meth: Mapping) -> dict:
-    """``method.criterion`` with the profile's ``method.criterion_settings`` for its name merged in."""
+def _with_criterion_settings(meth: Mapping, explicit: Mapping) -> dict:
+    """``method.criterion`` with ``method.criterion_settings`` for its name merged in, then the keys of
+    ``explicit`` (the criterion keys given by ``--set``) on top."""
     settings, criterion = meth["criterion_settings"], meth["criterion"]
     _check(isinstance(settings, Mapping) and all(isinstance(v, Mapping) for v in settings.values()),
            "method.criterion_settings", "a dict of criterion name -> dict of its arguments", settings)
@@ -292,7 +297,7 @@ def _with_criterion_settings(meth: Mapping) -> dict:
     if "name" in chosen:
         raise ConfigError(f"config key 'method.criterion_settings.{criterion.get('name')}' must not rename the "
                           f"criterion, got name={chosen['name']!r}")
-    return {**criterion, **chosen}
+    return {**criterion, **chosen, **{k: v for k, v in explicit.items() if k != DELETE_KEY}}
 
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:

@@ -118,6 +118,9 @@ def test_a_profiles_criterion_settings_reach_the_row_and_ours_plus_that_row(tmp_
     # --set comes after the profile's choice
     overridden = load_config(CONFIG_DIR / "table3" / "focal.py", str(profile), ["method.criterion.gamma=3.0"])
     assert overridden["method"]["criterion"]["gamma"] == 3.0
+    # criterion_settings given by --set take effect too (not only a profile's)
+    by_set = load_config(CONFIG_DIR / "table3" / "focal.py", "demo", ["method.criterion_settings={'focal': {'gamma': 0.5}}"])
+    assert by_set["method"]["criterion"] == {"name": "focal", "alpha": 0.25, "gamma": 0.5}
 
 
 @pytest.mark.parametrize("settings, message", [
